@@ -1,0 +1,62 @@
+# tuneloop: the same commands on a laptop, a cluster login node and CI.
+#   make demo   install into .venv, fetch the built-in model, run recipes/quickstart.yaml end to end
+#   make test   install into .venv, fetch the built-in model, run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU build of torch by default (a local wheel on our machines; an unpinned torch pulls GBs of CUDA packages).
+# GPU machines: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.tuneloop-installed
+MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
+
+.PHONY: install model demo test test-fast lint format docs bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) and installing tuneloop (torch: $(TORCH))"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+	@echo "==> installed: $$($(BIN)/tuneloop --help >/dev/null && echo tuneloop CLI ok)"
+
+model: $(MODEL_STAMP)
+
+$(MODEL_STAMP): | $(STAMP)
+	@echo "==> materialising the built-in base model (once)"
+	$(BIN)/tuneloop models pull smollm2-135m-instruct
+
+demo: install model
+	@echo "==> running recipes/quickstart.yaml"
+	$(BIN)/tuneloop run recipes/quickstart.yaml
+
+test: install model
+	@echo "==> lint"
+	$(BIN)/ruff check src tests scripts
+	@echo "==> tests (unit, integration, e2e; slow ones included)"
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+
+format: install
+	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts
+
+docs: install
+	$(BIN)/python scripts/gen_recipe_docs.py
+	$(BIN)/python scripts/gen_trainer_fields.py
+
+bench: install model
+	$(BIN)/python scripts/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,285 @@
+"""Turn a recipe file (+ its `defaults:` + `--set` overrides) into a validated `Recipe`, or every problem at once.
+
+Nothing here imports torch or loads a model: `tuneloop validate` runs in well under a second per recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuneloop.config import trainer_fields
+from tuneloop.config.errors import Problem, RecipeError
+from tuneloop.config.schema import Recipe
+from tuneloop.config.yamlsource import KeyPath, Where, display_path, load_located, parse
+
+OVERRIDE = "--set"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load, merge, override and validate a recipe; raise RecipeError listing every problem found."""
+    path = Path(path)
+    raw, where = _load_with_defaults(path, chain=())
+    if not isinstance(raw, dict):
+        raise RecipeError([Problem(display_path(path), 1, "", "a recipe is a YAML mapping (key: value lines)")])
+    problems: list[Problem] = []
+    for text in overrides or []:
+        try:
+            _apply_override(raw, where, text)
+        except ValueError as e:
+            problems.append(Problem(OVERRIDE, None, text.split("=", 1)[0], str(e)))
+    fallback = (display_path(path), None)
+
+    def add(found: list[tuple[tuple, str]]) -> None:
+        for key_path, message in found:
+            file, line = _locate(key_path, where, fallback)
+            problems.append(Problem(file, line, _dotted(key_path, raw), message))
+
+    # Trainer arguments are checked on the raw stages, so they are reported even when the schema fails too.
+    add(_check_stage_args(raw))
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as e:
+        problems += [_problem_from_pydantic(err, raw, where, fallback) for err in e.errors()]
+        raise RecipeError(_sorted(_dedupe(problems))) from None
+    from tuneloop.config.checks import check_recipe  # import cycle: checks -> data -> schema
+
+    add(check_recipe(recipe, base_dir=path.parent))
+    if problems:
+        raise RecipeError(_sorted(_dedupe(problems)))
+    return recipe
+
+
+def _check_stage_args(raw: dict) -> list[tuple[tuple, str]]:
+    found = []
+    stages = raw.get("stages")
+    for i, stage in enumerate(stages if isinstance(stages, list) else []):
+        if not isinstance(stage, dict) or stage.get("method") not in trainer_fields.methods():
+            continue
+        args = stage.get("args")
+        if isinstance(args, dict):
+            found += [
+                (("stages", i, "args", key), msg) for key, msg in trainer_fields.check_args(stage["method"], args)
+            ]
+    return found
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    """File order, then line order: the order a user reads and fixes them in."""
+    return sorted(problems, key=lambda p: (p.file == OVERRIDE, p.file, p.line or 0))
+
+
+def resolved_yaml(recipe: Recipe) -> str:
+    """The recipe as it will run (defaults merged, overrides applied), for the run directory and logs."""
+    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"defaults"})
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- defaults
+
+
+def _find_default(entry: str, recipe_dir: Path) -> Path | None:
+    names = [entry] if entry.endswith((".yaml", ".yml")) else [f"{entry}.yaml", entry]
+    dirs = [recipe_dir, Path.cwd()]
+    dirs += [anc / "configs" for anc in (recipe_dir.resolve(), *recipe_dir.resolve().parents)]
+    dirs.append(Path.cwd() / "configs")
+    for d in dirs:
+        for n in names:
+            candidate = d / n
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_with_defaults(path: Path, chain: tuple[Path, ...]) -> tuple[Any, dict[KeyPath, Where]]:
+    data, where = load_located(path)
+    if not isinstance(data, dict) or "defaults" not in data:
+        return data, where
+    entries = data["defaults"]
+    shown = display_path(path)
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise RecipeError([Problem(shown, where[("defaults",)][1], "defaults", "expected a list of file names")])
+    merged: dict[str, Any] = {}
+    merged_where: dict[KeyPath, Where] = {}
+    problems = []
+    for i, entry in enumerate(entries):
+        found = _find_default(entry, path.parent)
+        line = where.get(("defaults", i), (shown, None))[1]
+        if found is None:
+            msg = f"no file {entry!r} next to the recipe or under a configs/ directory"
+            problems.append(Problem(shown, line, f"defaults[{i}]", msg))
+            continue
+        if found.resolve() in chain or found.resolve() == path.resolve():
+            problems.append(Problem(shown, line, f"defaults[{i}]", f"{entry!r} includes itself (a cycle)"))
+            continue
+        sub, sub_where = _load_with_defaults(found, (*chain, path.resolve()))
+        if not isinstance(sub, dict):
+            problems.append(Problem(display_path(found), 1, "", "a defaults file is a YAML mapping"))
+            continue
+        sub.pop("defaults", None)
+        _merge(merged, merged_where, sub, sub_where, ())
+    if problems:
+        raise RecipeError(problems)
+    _merge(merged, merged_where, data, where, ())
+    return merged, merged_where
+
+
+def _merge(dst: dict, dst_where: dict, src: dict, src_where: dict, prefix: KeyPath) -> None:
+    """Deep-merge src over dst. Mappings merge by key; lists of named mappings (stages) merge by name."""
+    for key, value in src.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            dst_where[path] = src_where.get(path, dst_where.get(path))
+            _merge(dst[key], dst_where, value, src_where, path)
+        elif _named_list(value) and _named_list(dst.get(key)):
+            by_name = {item["name"]: i for i, item in enumerate(dst[key])}
+            for j, item in enumerate(value):
+                src_item = {k: v for k, v in src_where.items() if k[: len(path) + 1] == (*path, j)}
+                if item["name"] in by_name:
+                    i = by_name[item["name"]]
+                    shifted = {(*path, i, *k[len(path) + 1 :]): v for k, v in src_item.items()}
+                    _merge(dst[key][i], dst_where, item, shifted, (*path, i))
+                else:
+                    i = len(dst[key])
+                    dst[key].append(copy.deepcopy(item))
+                    dst_where.update({(*path, i, *k[len(path) + 1 :]): v for k, v in src_item.items()})
+        else:
+            for k in [k for k in dst_where if k[: len(path)] == path]:
+                del dst_where[k]
+            dst[key] = copy.deepcopy(value)
+            dst_where.update({k: v for k, v in src_where.items() if k[: len(path)] == path})
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+# ---------------------------------------------------------------- --set overrides
+
+
+def _apply_override(raw: dict, where: dict[KeyPath, Where], text: str) -> None:
+    if "=" not in text:
+        raise ValueError("expected KEY=VALUE, e.g. stages.sft.args.learning_rate=1e-4")
+    dotted, value_text = text.split("=", 1)
+    try:
+        value = parse(value_text) if value_text else ""
+    except yaml.YAMLError as e:
+        raise ValueError(f"value is not valid YAML: {e}") from None
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise ValueError("empty key segment")
+    node: Any = raw
+    path: list[str | int] = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            names = [s.get("name") for s in node if isinstance(s, dict)]
+            if part not in names:
+                hint = trainer_fields.closest(part, [str(n) for n in names])
+                did = f" (did you mean {hint}?)" if hint else ""
+                listed = ", ".join(map(str, names)) or "none"
+                raise ValueError(f"no stage named {part!r}{did}; stages: {listed}")
+            index = names.index(part)
+            path.append(index)
+            if last:
+                raise ValueError("cannot replace a whole stage from the command line; set its keys")
+            node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ValueError(f"{'.'.join(parts[:i])} is not a mapping")
+        path.append(part)
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {} if parts[i + 1] and not _is_stage_list(path) else [])
+    where[tuple(path)] = (OVERRIDE, 0)
+
+
+def _is_stage_list(path: list[str | int]) -> bool:
+    return path == ["stages"]
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _dotted(loc: tuple, raw: Any) -> str:
+    """Key path for people: stage list indices become stage names (`stages.sft.args.lr`)."""
+    out: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int):
+            name = node[part].get("name") if isinstance(node, list) and part < len(node) else None
+            if isinstance(name, str) and out and out[-1] == "stages":
+                out.append(name)
+            elif out:
+                out[-1] += f"[{part}]"
+            else:
+                out.append(f"[{part}]")
+        else:
+            out.append(str(part))
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(out)
+
+
+def _locate(loc: tuple, where: dict[KeyPath, Where], fallback: tuple[str, None]) -> tuple[str, int | None]:
+    for n in range(len(loc), -1, -1):
+        if tuple(loc[:n]) in where:
+            file, line = where[tuple(loc[:n])]
+            return file, (line or None)
+    return fallback
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the last key of `loc` (for 'did you mean' on unknown keys)."""
+    import typing
+
+    model: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or part not in model.model_fields:
+            return None
+        ann = model.model_fields[part].annotation
+        candidates = [ann, *typing.get_args(ann)]
+        for a in list(candidates):
+            candidates += typing.get_args(a)
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _problem_from_pydantic(err: dict, raw: Any, where: dict, fallback: tuple[str, None]) -> Problem:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained-"))))
+    # a union of str | mapping reports each branch; the loc carries the branch type name: drop it
+    loc = tuple(p for p in loc if p not in ("str", "dict[str,str]", "ModelRef", "list[str]"))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc)
+        hint = trainer_fields.closest(str(loc[-1]), list(model.model_fields)) if model else None
+        message = f"unknown key (did you mean {hint}?)" if hint else "unknown key"
+        if model and not hint:
+            message += f"; valid keys: {', '.join(model.model_fields)}"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "value_error":
+        message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+    else:
+        got = err.get("input")
+        message = err["msg"][0].lower() + err["msg"][1:]
+        if not isinstance(got, (dict, list)):
+            message += f" (got {got!r})"
+    file, line = _locate(loc, where, fallback)
+    return Problem(file, line, _dotted(loc, raw), message)
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: dict[tuple, Problem] = {}
+    for p in problems:
+        seen.setdefault((p.file, p.line, p.key, p.message), p)
+    return list(seen.values())

@@ -1,0 +1,177 @@
+"""Check a stage's `args` against the TRL config dataclass of its method, without importing TRL.
+
+`tuneloop validate` must not import torch (start-up under a second), yet trainer arguments must be checked
+field by field. So the fields of each TRL config dataclass (name, accepted types, choices, default, help) are
+kept in `trainer_fields.json`, generated from the installed TRL by `python scripts/gen_trainer_fields.py`;
+a test regenerates it and fails when the committed copy is stale (for example after a TRL upgrade).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+SNAPSHOT = Path(__file__).with_name("trainer_fields.json")
+
+# method -> TRL config class. A method is added here when its trainer module lands in tuneloop.train.
+CONFIG_CLASSES: dict[str, str] = {"sft": "SFTConfig"}
+
+# Arguments that tuneloop sets itself: the run directory decides where outputs go.
+MANAGED_ARGS: dict[str, str] = {
+    "output_dir": "tuneloop writes each run to its own directory; use `--run-dir` on the command line",
+    "resume_from_checkpoint": "use `tuneloop train --resume` instead",
+    "deepspeed": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
+    "fsdp": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
+    "fsdp_config": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
+}
+
+
+def snapshot() -> dict[str, Any]:
+    """Describe every field of every config class in CONFIG_CLASSES (imports TRL; used by the generator)."""
+    import dataclasses
+    import enum
+    import types
+    import typing
+
+    import trl
+
+    def describe(tp: Any) -> dict[str, Any]:
+        kinds: set[str] = set()
+        choices: list[Any] = []
+        nullable = False
+
+        def walk(t: Any) -> None:
+            nonlocal nullable
+            origin = typing.get_origin(t)
+            if t is type(None) or t is None:
+                nullable = True
+            elif origin in (typing.Union, types.UnionType):
+                for a in typing.get_args(t):
+                    walk(a)
+            elif origin is typing.Literal:
+                for a in typing.get_args(t):
+                    kinds.add(type(a).__name__)
+                    choices.append(a)
+            elif isinstance(t, type) and issubclass(t, enum.Enum):
+                kinds.add("str")
+                choices.extend(m.value for m in t)
+            elif t in (bool, int, float, str):
+                kinds.add(t.__name__)
+            elif t is dict or origin is dict:
+                kinds.add("dict")
+            elif t is list or origin in (list, tuple):
+                kinds.add("list")
+            else:
+                kinds.add("any")
+
+        walk(tp)
+        return {"kinds": sorted(kinds), "nullable": nullable, "choices": choices or None}
+
+    out: dict[str, Any] = {"trl_version": trl.__version__, "methods": {}}
+    for method, cls_name in CONFIG_CLASSES.items():
+        cls = getattr(trl, cls_name)
+        hints = typing.get_type_hints(cls)
+        fields = {}
+        for f in dataclasses.fields(cls):
+            if not f.init:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if isinstance(default, enum.Enum):
+                default = default.value
+            try:
+                json.dumps(default)
+            except TypeError:
+                default = repr(default)
+            fields[f.name] = {
+                **describe(hints[f.name]),
+                "default": default,
+                "help": " ".join(str(f.metadata.get("help", "")).split()),
+            }
+        out["methods"][method] = {"config_class": cls_name, "fields": fields}
+    return out
+
+
+@cache
+def _load() -> dict[str, Any]:
+    return json.loads(SNAPSHOT.read_text())
+
+
+def methods() -> list[str]:
+    return list(CONFIG_CLASSES)
+
+
+def fields(method: str) -> dict[str, dict[str, Any]]:
+    return _load()["methods"][method]["fields"]
+
+
+def config_class(method: str) -> str:
+    return CONFIG_CLASSES[method]
+
+
+def closest(word: str, options: list[str]) -> str | None:
+    match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _type_ok(value: Any, spec: dict[str, Any]) -> bool:
+    if value is None:
+        return spec["nullable"] or "any" in spec["kinds"]
+    kinds = spec["kinds"]
+    if "any" in kinds:
+        return True
+    if isinstance(value, bool):
+        return "bool" in kinds
+    if isinstance(value, int):
+        return bool({"int", "float"} & set(kinds))
+    if isinstance(value, float):
+        return "float" in kinds
+    if isinstance(value, str):
+        return "str" in kinds
+    if isinstance(value, dict):
+        return "dict" in kinds
+    if isinstance(value, list):
+        return "list" in kinds
+    return False
+
+
+def _kind_words(spec: dict[str, Any]) -> str:
+    names = {
+        "bool": "true/false",
+        "int": "an integer",
+        "float": "a number",
+        "str": "a string",
+        "dict": "a mapping",
+        "list": "a list",
+    }
+    words = [names.get(k, k) for k in spec["kinds"]]
+    if spec["nullable"]:
+        words.append("null")
+    return " or ".join(words)
+
+
+def check_args(method: str, args: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return (key, problem) for every argument the method's TRL config would reject or tuneloop manages."""
+    known = fields(method)
+    problems: list[tuple[str, str]] = []
+    for key, value in args.items():
+        if key in MANAGED_ARGS:
+            problems.append((key, f"set by tuneloop, not by a recipe: {MANAGED_ARGS[key]}"))
+            continue
+        spec = known.get(key)
+        if spec is None:
+            hint = closest(key, list(known))
+            extra = f" (did you mean {hint}?)" if hint else f" ({config_class(method)} has no such field)"
+            problems.append((key, f"unknown key{extra}"))
+            continue
+        if not _type_ok(value, spec):
+            problems.append((key, f"expected {_kind_words(spec)}, got {value!r} ({type(value).__name__})"))
+            continue
+        choices = spec["choices"]
+        if choices and isinstance(value, str) and value not in choices and "bool" not in spec["kinds"]:
+            hint = closest(value, [str(c) for c in choices])
+            tail = f"did you mean {hint!r}?" if hint else "one of " + ", ".join(map(str, choices))
+            problems.append((key, f"{value!r} is not a valid choice; {tail}"))
+    return problems

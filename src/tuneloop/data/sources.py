@@ -1,0 +1,187 @@
+"""Load the rows a stage trains and evaluates on, from any source a recipe names, in TRL's formats.
+
+A source is one of: a built-in dataset name, a local file or directory (JSONL, JSON, CSV, Parquet), a mapping of
+split name to local file, or a hub dataset id (loaded with `datasets.load_dataset`, the same code path a cluster
+with network access uses).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuneloop.config.schema import Data, Format
+from tuneloop.data import builtin
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TRL_COLUMNS = ("messages", "prompt", "completion", "text")
+
+
+@dataclass
+class PreparedData:
+    """Formatted splits plus what lineage needs to know about them."""
+
+    train: Dataset
+    eval: Dataset | None
+    fingerprints: dict[str, str]
+    description: str
+
+
+def source_kind(source: str | dict[str, str], base_dir: Path) -> str:
+    """`builtin`, `files` or `hub` — decided without touching the network."""
+    if isinstance(source, dict):
+        return "files"
+    if source in builtin.names():
+        return "builtin"
+    p = Path(source).expanduser()
+    if p.suffix in FILE_TYPES or source.startswith((".", "/", "~")) or (base_dir / p).exists() or p.exists():
+        return "files"
+    return "hub"
+
+
+def resolve_file(name: str, base_dir: Path) -> Path:
+    """A relative path is looked up next to the recipe first, then in the working directory."""
+    p = Path(name).expanduser()
+    if p.is_absolute():
+        return p
+    return base_dir / p if (base_dir / p).exists() else p
+
+
+def local_splits(source: str | dict[str, str], base_dir: Path) -> dict[str, Path]:
+    """Split name -> file for a local source. A single file is the `train` split."""
+    if isinstance(source, dict):
+        return {split: resolve_file(f, base_dir) for split, f in source.items()}
+    path = resolve_file(source, base_dir)
+    if path.is_dir():
+        found = {}
+        for f in sorted(path.iterdir()):
+            if f.suffix in FILE_TYPES:
+                found.setdefault(f.stem, f)
+        return found
+    return {"train": path}
+
+
+def columns_of(path: Path) -> list[str]:
+    """Column names of a local file, read from its first row or header only (fast, for `validate`)."""
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return next(csv.reader(f), [])
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    with path.open() as f:
+        if path.suffix == ".json":
+            rows = json.load(f)
+            first = rows[0] if isinstance(rows, list) and rows else {}
+        else:
+            line = next((ln for ln in f if ln.strip()), "{}")
+            first = json.loads(line)
+    return list(first) if isinstance(first, dict) else []
+
+
+def effective_format(spec: Data) -> Format | None:
+    if spec.format is not None:
+        return spec.format
+    if spec.task and source_kind(spec.source, Path()) == "builtin":
+        return builtin.task(str(spec.source), spec.task).format
+    return None
+
+
+def load_data(spec: Data, base_dir: Path, seed: int, limit: int | None = None) -> PreparedData:
+    """Load, format and fingerprint the train and eval splits of `spec`.
+
+    `limit` caps both splits further (smoke runs use a handful of rows).
+    """
+    kind = source_kind(spec.source, base_dir)
+    wanted = {"train": spec.train_split}
+    if spec.eval_split:
+        wanted["eval"] = spec.eval_split
+    raw = _load_raw(spec, kind, base_dir, wanted)
+    fmt = effective_format(spec)
+    out: dict[str, Dataset] = {}
+    fingerprints = {}
+    for role, ds in raw.items():
+        cap = spec.max_train_rows if role == "train" else spec.max_eval_rows
+        caps = [c for c in (cap, limit) if c]
+        if caps:
+            ds = ds.select(range(min(len(ds), *caps)))
+        ds = to_trl(ds, fmt)
+        out[role] = ds
+        fingerprints[wanted[role]] = fingerprint(ds)
+    what = f"{spec.source}" + (f" ({spec.task})" if spec.task else "")
+    return PreparedData(out["train"], out.get("eval"), fingerprints, what)
+
+
+def _load_raw(spec: Data, kind: str, base_dir: Path, wanted: dict[str, str]) -> dict[str, Dataset]:
+    from datasets import load_dataset
+
+    explicit_eval = "eval_split" in spec.model_fields_set
+    if kind == "hub":
+        got = {}
+        for role, split in wanted.items():
+            try:
+                got[role] = load_dataset(str(spec.source), spec.subset, split=split, revision=spec.revision)
+            except ValueError:
+                if role == "eval" and not explicit_eval:
+                    continue
+                raise
+        return got
+    if kind == "builtin":
+        name = str(spec.source)
+        files = {s: builtin.split_file(name, s) for s in builtin.info(name)["splits"]}
+    else:
+        files = local_splits(spec.source, base_dir)
+    if "eval" in wanted and wanted["eval"] not in files and not explicit_eval:
+        del wanted["eval"]
+    got = {}
+    for role, split in wanted.items():
+        path = files[split]
+        ds = load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
+        if kind == "builtin" and spec.task:
+            task = builtin.task(str(spec.source), spec.task)
+            if task.labels:
+                labels = set(task.labels)
+                ds = ds.filter(lambda row, t=task.target, keep=labels: row[t] in keep)
+        got[role] = ds
+    return got
+
+
+def to_trl(ds: Dataset, fmt: Format | None) -> Dataset:
+    """Map rows to TRL's dataset formats; keep only the columns TRL reads."""
+    if fmt is None:
+        keep = [c for c in TRL_COLUMNS if c in ds.column_names]
+        return ds.select_columns(keep)
+    if fmt.messages:
+        return (
+            ds.select_columns([fmt.messages]).rename_column(fmt.messages, "messages")
+            if (fmt.messages != "messages")
+            else ds.select_columns(["messages"])
+        )
+
+    def render(row: dict[str, Any]) -> dict[str, Any]:
+        prompt = fmt.prompt.format_map(row)
+        completion = fmt.completion.format_map(row)
+        if fmt.style == "plain":
+            return {"prompt": prompt, "completion": completion}
+        turns = [{"role": "system", "content": fmt.system}] if fmt.system else []
+        turns.append({"role": "user", "content": prompt})
+        return {"prompt": turns, "completion": [{"role": "assistant", "content": completion}]}
+
+    return ds.map(render, remove_columns=ds.column_names, desc="formatting")
+
+
+def fingerprint(ds: Dataset) -> str:
+    """Content hash of the formatted rows: same rows in the same order give the same fingerprint anywhere."""
+    h = hashlib.sha256()
+    for row in ds:
+        h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]

@@ -1,0 +1,114 @@
+"""Resolve a recipe's `base_model` to something `from_pretrained` accepts, and load model and tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config.schema import ModelRef, Peft
+from tuneloop.errors import TuneloopError
+from tuneloop.models import builtin
+
+
+class ModelLoadError(TuneloopError):
+    """A model could not be loaded; the message says why in recipe terms, the cause keeps the library's error."""
+
+
+def resolve(ref: ModelRef, base_dir: Path, log=print) -> str:
+    """A local directory or hub id for `from_pretrained`; pulls the built-in model on first use."""
+    if ref.name in builtin.BUILTIN_MODELS:
+        if not builtin.is_pulled(ref.name):
+            log(f"built-in model {ref.name} is not in the workspace yet; pulling it once")
+            builtin.pull(ref.name, log=log)
+        return str(builtin.path(ref.name))
+    local = Path(ref.name).expanduser()
+    for candidate in (local, base_dir / local):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return ref.name
+
+
+def load_tokenizer(source: str, ref: ModelRef, base_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(source, revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load the tokenizer of {ref.name!r}: {e}") from e
+    if ref.chat_template:
+        path = Path(ref.chat_template).expanduser()
+        tok.chat_template = (path if path.exists() else base_dir / path).read_text()
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def shrink_config(config: Any) -> Any:
+    """The same architecture, scaled down to a few hundred thousand parameters (for --smoke runs)."""
+    small = {
+        "num_hidden_layers": 2,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "n_layer": 2,
+        "n_embd": 64,
+        "n_head": 4,
+    }
+    for key, value in small.items():
+        if hasattr(config, key) and getattr(config, key) is not None:
+            setattr(config, key, value)
+    return config
+
+
+def quantization_config(peft: Peft | None):
+    if peft is None or peft.type != "qlora":
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            "QLoRA loads the base model in 4 bits with bitsandbytes, which needs a CUDA GPU; "
+            "on this machine use `peft: {type: lora}` (or run with --smoke, which trains the adapter in full precision)"
+        )
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=peft.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=peft.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def load_model(source: str, ref: ModelRef, peft: Peft | None, smoke: bool, seed: int):
+    """Load the causal LM a stage trains. With `smoke`, a randomly initialised tiny model of the same family."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+
+    common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
+    try:
+        if smoke:
+            config = shrink_config(AutoConfig.from_pretrained(source, **common))
+            set_seed(seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        kwargs: dict[str, Any] = dict(common)
+        kwargs["dtype"] = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
+        if ref.attn_implementation:
+            kwargs["attn_implementation"] = ref.attn_implementation
+        quant = quantization_config(peft)
+        if quant is not None:
+            kwargs["quantization_config"] = quant
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load model {ref.name!r} from {source!r}: {e}") from e
+
+
+def param_count(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    # under ZeRO-3 a sharded parameter has numel() == 0; DeepSpeed keeps the real size in ds_numel
+    sizes = [(getattr(p, "ds_numel", p.numel()), p.requires_grad) for p in model.parameters()]
+    total = sum(n for n, _ in sizes)
+    trainable = sum(n for n, grad in sizes if grad)
+    return trainable, total

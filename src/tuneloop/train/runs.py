@@ -1,0 +1,58 @@
+"""Run directories: one per run, holding the resolved recipe, each stage's checkpoints and model, and a summary.
+
+<workspace>/runs/<recipe name>/<YYYYmmdd-HHMMSS>[-smoke]/
+    recipe.yaml            the recipe as it ran (defaults merged, overrides applied)
+    stages/<stage>/        TRL output_dir: checkpoint-N/, model/ (final weights or adapter), stage.json
+    summary.json           written when the run ends
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneloop import workspace
+
+SUMMARY = "summary.json"
+
+
+def new_run_dir(recipe_name: str, smoke: bool) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = workspace.runs_dir() / recipe_name
+    run = base / (stamp + ("-smoke" if smoke else ""))
+    n = 1
+    while run.exists():
+        n += 1
+        run = base / f"{stamp}{'-smoke' if smoke else ''}-{n}"
+    return run
+
+
+def latest_unfinished(recipe_name: str, smoke: bool) -> Path | None:
+    """The newest run of this recipe that has no summary yet (crashed, killed or pre-empted)."""
+    base = workspace.runs_dir() / recipe_name
+    if not base.is_dir():
+        return None
+    runs = sorted((d for d in base.iterdir() if d.is_dir() and d.name.endswith("-smoke") == smoke), reverse=True)
+    runs = [d for d in runs if not d.name.endswith("-smoke") or smoke]
+    for run in runs:
+        if not (run / SUMMARY).exists():
+            return run
+    return None
+
+
+def last_checkpoint(stage_dir: Path) -> Path | None:
+    """The newest complete checkpoint: trainer_state.json is written last, so a half-written one is skipped."""
+    if not stage_dir.is_dir():
+        return None
+    done = [d for d in stage_dir.glob("checkpoint-*") if (d / "trainer_state.json").is_file()]
+    return max(done, key=lambda d: int(d.name.split("-")[-1]), default=None)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write atomically so a crash never leaves a half-written file that looks finished."""
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)

