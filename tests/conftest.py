@@ -8,7 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from tuneloop import workspace as _workspace
+
 REPO = Path(__file__).resolve().parents[1]
+# the converted built-in model, wherever `make model` put it (read-only for tests, so shared between them)
+SHARED_MODELS = _workspace.models_dir()
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -77,10 +81,9 @@ def workspace(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "ws"
     monkeypatch.setenv("TUNELOOP_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    shared_models = REPO / ".tuneloop" / "models"
-    if shared_models.is_dir():
+    if SHARED_MODELS.is_dir():
         home.mkdir(parents=True, exist_ok=True)
-        (home / "models").symlink_to(shared_models)
+        (home / "models").symlink_to(SHARED_MODELS)
     return home
 
 

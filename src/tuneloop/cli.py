@@ -138,13 +138,19 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
             (
                 "processes",
                 f"{s['world_size']}"
-                + ("" if s["world_size"] == 1 else f" (weights identical on all ranks: {s['ranks_in_sync']})"),
+                + ("" if s["world_size"] == 1 else f" ({_sync_words(s['ranks_in_sync'])})"),
             ),
             ("model", s["model_dir"]),
         ]
         rows += [("note", n) for n in s.get("notes", [])]
         console.print(summary_table(f"stage {s['stage']} ({s['method']})", rows))
     console.print(f"run finished in {result.wall_s:.1f} s: {result.run_dir}")
+
+
+def _sync_words(in_sync: bool | None) -> str:
+    if in_sync is None:
+        return "parameters sharded across ranks; replica check not applicable"
+    return "weights identical on all ranks" if in_sync else "WEIGHTS DIFFER BETWEEN RANKS"
 
 
 def _f(v) -> str:

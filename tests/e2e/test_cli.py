@@ -13,8 +13,9 @@ from tuneloop.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("argv", [[], ["validate"], ["train"], ["run"], ["models"], ["models", "pull"],
-                                  ["models", "list"]])
+@pytest.mark.parametrize(
+    "argv", [[], ["validate"], ["train"], ["run"], ["models"], ["models", "pull"], ["models", "list"]]
+)
 def test_every_verb_has_help(argv):
     result = runner.invoke(app, [*argv, "--help"])
     assert result.exit_code == 0, result.output
@@ -22,8 +23,10 @@ def test_every_verb_has_help(argv):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from tuneloop.cli import app; from typer.testing import CliRunner; "
-            "CliRunner().invoke(app, ['--help']); assert 'torch' not in sys.modules")
+    code = (
+        "import sys; from tuneloop.cli import app; from typer.testing import CliRunner; "
+        "CliRunner().invoke(app, ['--help']); assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -51,7 +54,9 @@ def test_train_bad_recipe_exits_2_before_loading_anything(write):
 
 
 def test_runtime_error_is_one_line_without_traceback(write, tiny_model):
-    path = write("r.yaml", f"""
+    path = write(
+        "r.yaml",
+        f"""
 name: x
 base_model: {tiny_model}
 data: {{source: debian-descriptions, task: synopsis, max_train_rows: 4}}
@@ -59,7 +64,8 @@ stages:
   - name: sft
     method: sft
     args: {{max_length: 8, max_steps: 1}}
-""")
+""",
+    )
     result = runner.invoke(app, ["train", str(path)])
     assert result.exit_code == 1
     assert "no training rows left after truncation at max_length=8" in result.output

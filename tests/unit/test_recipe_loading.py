@@ -134,3 +134,9 @@ def test_validate_does_not_import_torch():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "models").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_model_config_works_as_recipe_defaults(write, config):
+    path = write("r.yaml", RECIPE.replace("[base]", f"[{config}]"))
+    assert load_recipe(path).base_model.name

@@ -133,3 +133,28 @@ def test_cli_train_and_run_print_a_summary(write, tiny_model, verb):
     assert result.exit_code == 0, result.output
     for word in ("steps", "train loss", "eval loss", "tokens/s", "train time", "run finished"):
         assert word in result.output
+
+
+def test_same_recipe_and_seed_give_the_same_losses(write, tiny_model):
+    path = make_recipe(write, tiny_model)
+    a = pipeline.run(load_recipe(path), path).stages[0]
+    b = pipeline.run(load_recipe(path), path).stages[0]
+    c = pipeline.run(load_recipe(path, ["seed=7"]), path).stages[0]
+    assert (a["loss_first"], a["loss_last"]) == (b["loss_first"], b["loss_last"])
+    assert a["loss_last"] != c["loss_last"]
+
+
+def test_chat_template_override_is_used_and_saved(write, tiny_model, tmp_path):
+    template = tmp_path / "tpl.jinja"
+    template.write_text("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}")
+    path = (
+        make_recipe(write, tiny_model)
+        .read_text()
+        .replace(f"base_model: {tiny_model}", f"base_model: {{name: {tiny_model}, chat_template: tpl.jinja}}")
+    )
+    recipe_path = write("t.yaml", path)
+    result = pipeline.run(load_recipe(recipe_path), recipe_path)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(result.model_dir)
+    assert tok.chat_template == template.read_text()

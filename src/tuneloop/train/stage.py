@@ -137,8 +137,17 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
     checksums = gather_object([weights_checksum(trainer.model)])
     state = trainer.state
     losses = [e["loss"] for e in state.log_history if "loss" in e]
-    tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0)
-    runtime = result.metrics.get("train_runtime", train_wall)
+    # Throughput covers this process's training only: a resumed run started at the checkpoint's token count,
+    # and train_runtime includes evaluations run inside train() (eval_on_start, eval_strategy).
+    start_step, start_tokens = _checkpoint_progress(checkpoint)
+    tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - start_tokens
+    end = next((i for i, e in enumerate(state.log_history) if "train_runtime" in e), len(state.log_history))
+    in_train_eval = sum(
+        e.get("eval_runtime", 0.0)
+        for e in state.log_history[:end]
+        if "eval_loss" in e and (e["step"] > start_step or checkpoint is None)
+    )
+    runtime = max(result.metrics.get("train_runtime", train_wall) - in_train_eval, 1e-9)
     summary = {
         "stage": stage.name,
         "method": stage.method,
@@ -153,19 +162,35 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
         "tokens_per_s": tokens / runtime if runtime else None,
         "world_size": trainer.args.world_size,
         "rank_weight_checksums": checksums,
-        "ranks_in_sync": len(set(checksums)) == 1,
+        "ranks_in_sync": None if None in checksums else len(set(checksums)) == 1,
         "model_dir": str(model_dir),
         "notes": ctx.notes,
     }
-    if len(set(checksums)) != 1:
+    if summary["ranks_in_sync"] is False:
         raise RuntimeError(f"ranks ended with different weights ({checksums}); distributed training is broken")
     return summary
 
 
-def weights_checksum(model: Any) -> str:
-    """Hash of every trainable parameter, to prove that all ranks of a distributed run hold the same model."""
+def _checkpoint_progress(checkpoint: Path | None) -> tuple[int, int]:
+    """(global step, tokens seen) saved in a checkpoint; (0, 0) for a fresh start."""
+    if checkpoint is None:
+        return 0, 0
+    import json
+
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(saved.get("global_step", 0)), int(saved.get("num_input_tokens_seen", 0) or 0)
+
+
+def weights_checksum(model: Any) -> str | None:
+    """Hash of every trainable parameter, to prove that all ranks of a distributed run hold the same model.
+
+    None when parameters are sharded (ZeRO-3, FSDP): each rank then holds a different part by design.
+    """
+    params = sorted(model.named_parameters())
+    if any(hasattr(p, "ds_numel") or type(p).__name__ == "DTensor" for _, p in params):
+        return None
     h = hashlib.sha256()
-    for name, param in sorted(model.named_parameters()):
+    for name, param in params:
         if param.requires_grad:
             h.update(name.encode())
             h.update(param.detach().float().cpu().numpy().tobytes())

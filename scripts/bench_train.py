@@ -1,0 +1,208 @@
+"""Training throughput benchmark: tuneloop vs a hand-written TRL script, and packed vs unpacked SFT.
+
+    python scripts/bench_train.py [--steps 8] [--repeats 2]
+
+Both sides train the built-in SmolLM2-135M-Instruct with the same LoRA settings on the same synopsis rows for
+the same number of steps, each in a fresh process, alternating (A B A B) so that machine noise hits both.
+Throughput is non-padding tokens seen per second of training (TRL's `num_input_tokens_seen` over
+`train_runtime`). Results and the machine description are appended to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH, MAX_LEN, LR, SEED = 8, 256, 5e-4, 42
+
+RECIPE = """
+name: bench
+defaults: [models/smollm2-135m]
+data: {{source: debian-descriptions, task: synopsis, max_train_rows: {rows}, eval_split: null}}
+stages:
+  - name: sft
+    method: sft
+    peft: {{type: lora, r: 16, alpha: 32, dropout: 0.05, target_modules: all-linear}}
+    args:
+      max_steps: {steps}
+      learning_rate: {lr}
+      per_device_train_batch_size: {batch}
+      max_length: {max_len}
+      logging_steps: 1
+      save_strategy: "no"
+      packing: {packing}
+"""
+
+
+def baseline_worker(steps: int, out: str) -> None:
+    """The hand-written TRL script: what a user would write without tuneloop."""
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from tuneloop.models import builtin
+
+    path = str(builtin.path("smollm2-135m-instruct"))
+    ds = load_dataset("json", data_files=str(REPO / "data/debian-descriptions/train.jsonl"), split="train")
+    ds = ds.select(range(steps * BATCH))
+    system = "You write the one-line synopsis of a Debian package from its long description."
+    ds = ds.map(
+        lambda r: {
+            "prompt": [{"role": "system", "content": system}, {"role": "user", "content": r["description"]}],
+            "completion": [{"role": "assistant", "content": r["synopsis"]}],
+        },
+        remove_columns=ds.column_names,
+    )
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        max_steps=steps,
+        learning_rate=LR,
+        per_device_train_batch_size=BATCH,
+        max_length=MAX_LEN,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        bf16=False,
+        gradient_checkpointing=False,
+        use_cpu=not torch.cuda.is_available(),
+        seed=SEED,
+        include_num_input_tokens_seen="non_padding",
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32),
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(path),
+        peft_config=LoraConfig(
+            r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"
+        ),
+    )
+    result = trainer.train()
+    tps = trainer.state.num_input_tokens_seen / result.metrics["train_runtime"]
+    Path(out).write_text(json.dumps({"tokens_per_s": tps, "tokens": trainer.state.num_input_tokens_seen}))
+
+
+def run_tuneloop(steps: int, packing: bool, tmp: Path, tag: str) -> float:
+    recipe = tmp / f"bench-{tag}.yaml"
+    rows = steps * BATCH * (4 if packing else 1)  # packed rows hold several examples; never run out of data
+    recipe.write_text(
+        RECIPE.format(rows=rows, steps=steps, lr=LR, batch=BATCH, max_len=MAX_LEN, packing=str(packing).lower())
+    )
+    run_dir = tmp / f"run-{tag}"
+    subprocess.run(
+        [sys.executable, "-m", "tuneloop", "train", str(recipe), "--run-dir", str(run_dir)],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    stage = json.loads((run_dir / "stages/sft/stage.json").read_text())
+    return stage["tokens_per_s"]
+
+
+def run_baseline(steps: int, tmp: Path, tag: str) -> float:
+    out = tmp / f"baseline-{tag}.json"
+    subprocess.run(
+        [sys.executable, __file__, "--baseline-worker", "--steps", str(steps), "--out", str(out)],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return json.loads(out.read_text())["tokens_per_s"]
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {gpu}; {versions}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--output", type=Path, default=REPO / "docs/benchmarks.md")
+    parser.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    a = parser.parse_args()
+    if a.baseline_worker:
+        baseline_worker(a.steps, a.out)
+        return
+    subprocess.run(
+        [sys.executable, "-m", "tuneloop", "models", "pull", "smollm2-135m-instruct"],
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+    )
+    results: dict[str, list[float]] = {"tuneloop": [], "trl": [], "packed": [], "unpacked": []}
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        for i in range(a.repeats):
+            runs = {
+                "tuneloop": lambda i=i: run_tuneloop(a.steps, False, tmp, f"tl{i}"),
+                "trl": lambda i=i: run_baseline(a.steps, tmp, f"{i}"),
+                "packed": lambda i=i: run_tuneloop(a.steps, True, tmp, f"pk{i}"),
+            }
+            for name, fn in runs.items():
+                started = time.perf_counter()
+                results[name].append(fn())
+                took = time.perf_counter() - started
+                print(f"{name:9s} run {i + 1}: {results[name][-1]:8.1f} tokens/s ({took:.0f} s)")
+    results["unpacked"] = results["tuneloop"]
+    med = {k: statistics.median(v) for k, v in results.items()}
+    ratio, speedup = med["tuneloop"] / med["trl"], med["packed"] / med["unpacked"]
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    lines = [
+        f"\n### Training throughput — {time.strftime('%Y-%m-%d')} (commit {commit.strip() or 'unknown'})\n",
+        f"Machine: {machine()}.  ",
+        f"Setup: built-in SmolLM2-135M-Instruct, LoRA r=16 on all linear layers, synopsis task, batch {BATCH}, "
+        f"max_length {MAX_LEN}, {a.steps} steps, {a.repeats} alternating runs each, median shown; "
+        "throughput = non-padding tokens / training seconds.\n",
+        "| run | non-padding tokens/s (runs) | median |",
+        "|---|---|---|",
+    ]
+    for k in ("tuneloop", "trl", "packed"):
+        label = {
+            "tuneloop": "`tuneloop train` (unpacked)",
+            "trl": "hand-written TRL script",
+            "packed": "`tuneloop train`, `packing: true` (BFD)",
+        }[k]
+        lines.append(f"| {label} | {', '.join(f'{x:.1f}' for x in results[k])} | {med[k]:.1f} |")
+    lines += [
+        "",
+        f"- tuneloop / TRL throughput ratio: **{ratio:.3f}** (target ≥ 0.97)",
+        f"- packed / unpacked throughput: **{speedup:.2f}×** (target ≥ 1.5×)",
+        "",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if not a.output.exists():
+        a.output.write_text("# Benchmarks\n\nAppended by `scripts/bench_*.py`; newest last.\n")
+    with a.output.open("a") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main()
