@@ -26,7 +26,7 @@ def test_builtin_synopsis_task_is_chat_prompt_completion():
 
 
 def test_builtin_section_task_keeps_only_labelled_rows():
-    data = load_data(Data(source="debian-descriptions", task="section"), Path(), seed=0)
+    data = load_data(Data(source="debian-descriptions", task="section"), Path())
     labels = set(builtin.task("debian-descriptions", "section").labels)
     assert len(labels) == 8
     answers = {r["completion"][0]["content"] for r in data.train}
@@ -44,9 +44,9 @@ def test_builtin_splits_share_no_description():
 
 def test_fingerprint_is_stable_and_content_sensitive():
     spec = Data(source="debian-descriptions", task="synopsis", max_train_rows=20, eval_split=None)
-    a, b = load_data(spec, Path(), 0), load_data(spec, Path(), 0)
+    a, b = load_data(spec, Path()), load_data(spec, Path())
     assert a.fingerprints == b.fingerprints and a.eval is None
-    c = load_data(spec.model_copy(update={"max_train_rows": 21}), Path(), 0)
+    c = load_data(spec.model_copy(update={"max_train_rows": 21}), Path())
     assert c.fingerprints["train"] != a.fingerprints["train"]
 
 
@@ -72,7 +72,7 @@ def test_local_file_with_plain_format(tmp_path, suffix):
     path = tmp_path / f"qa{suffix}"
     _write_rows(path, ROWS)
     fmt = {"style": "plain", "prompt": "Q: {question}\nA:", "completion": " {answer}"}
-    data = load_data(Data(source=path.name, format=fmt), tmp_path, seed=0)
+    data = load_data(Data(source=path.name, format=fmt), tmp_path)
     assert data.eval is None
     assert data.train[2] == {"prompt": "Q: What is 2+2?\nA:", "completion": " 4"}
 
@@ -82,7 +82,7 @@ def test_directory_source_maps_files_to_splits(tmp_path):
     _write_rows(tmp_path / "d/train.jsonl", ROWS[:4])
     _write_rows(tmp_path / "d/validation.jsonl", ROWS[4:])
     fmt = {"prompt": "{question}", "completion": "{answer}", "system": "Be brief."}
-    data = load_data(Data(source="d", format=fmt), tmp_path, seed=0)
+    data = load_data(Data(source="d", format=fmt), tmp_path)
     assert (len(data.train), len(data.eval)) == (4, 2)
     assert data.train[0]["prompt"][0] == {"role": "system", "content": "Be brief."}
 
@@ -92,13 +92,13 @@ def test_split_mapping_and_messages_column(tmp_path):
     _write_rows(tmp_path / "a.jsonl", chats)
     _write_rows(tmp_path / "b.jsonl", chats[:1])
     spec = Data(source={"train": "a.jsonl", "dev": "b.jsonl"}, eval_split="dev", format={"messages": "conv"})
-    data = load_data(spec, tmp_path, seed=0)
+    data = load_data(spec, tmp_path)
     assert data.train.column_names == ["messages"] and len(data.eval) == 1
 
 
 def test_rows_already_in_trl_format_pass_through(tmp_path):
     _write_rows(tmp_path / "pc.jsonl", [{"prompt": "a", "completion": "b", "id": 1}])
-    data = load_data(Data(source="pc.jsonl"), tmp_path, seed=0)
+    data = load_data(Data(source="pc.jsonl"), tmp_path)
     assert data.train.column_names == ["prompt", "completion"]
 
 
@@ -113,5 +113,5 @@ def test_hub_source_goes_through_datasets_load_dataset(monkeypatch):
     """The hub path is the real `datasets.load_dataset` call; offline it fails with the library's own error."""
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(Exception) as info:
-        load_data(Data(source="someorg/no-such-dataset", eval_split=None), Path(), seed=0)
+        load_data(Data(source="someorg/no-such-dataset", eval_split=None), Path())
     assert "someorg/no-such-dataset" in str(info.value)

@@ -70,13 +70,14 @@ def test_full_sft_changes_every_trained_weight(write, tiny_model):
     assert result.stages[0]["parameters"]["trainable"] == result.stages[0]["parameters"]["total"]
 
 
-def test_two_stages_chain_through_a_merged_adapter(write, tiny_model):
+@pytest.mark.parametrize("smoke", [False, True])
+def test_two_stages_chain_through_a_merged_adapter(write, tiny_model, smoke):
     second = """  - name: polish
     method: sft
     args: {max_steps: 2, per_device_train_batch_size: 4, max_length: 512, learning_rate: 1.0e-3}
 """
     path = make_recipe(write, tiny_model, extra=second)
-    result = pipeline.run(load_recipe(path), path)
+    result = pipeline.run(load_recipe(path), path, smoke=smoke)
     first_dir = result.run_dir / "stages" / "sft"
     assert (first_dir / "merged" / "model.safetensors").exists()
     merged = load_file(first_dir / "merged" / "model.safetensors")

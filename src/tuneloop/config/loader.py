@@ -195,12 +195,8 @@ def _apply_override(raw: dict, where: dict[KeyPath, Where], text: str) -> None:
         if last:
             node[part] = value
         else:
-            node = node.setdefault(part, {} if parts[i + 1] and not _is_stage_list(path) else [])
+            node = node.setdefault(part, [] if path == ["stages"] else {})
     where[tuple(path)] = (OVERRIDE, 0)
-
-
-def _is_stage_list(path: list[str | int]) -> bool:
-    return path == ["stages"]
 
 
 # ---------------------------------------------------------------- messages

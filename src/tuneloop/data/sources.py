@@ -95,9 +95,10 @@ def effective_format(spec: Data) -> Format | None:
     return None
 
 
-def load_data(spec: Data, base_dir: Path, seed: int, limit: int | None = None) -> PreparedData:
+def load_data(spec: Data, base_dir: Path, limit: int | None = None) -> PreparedData:
     """Load, format and fingerprint the train and eval splits of `spec`.
 
+    Rows keep their order (the first N for `max_*_rows`); the trainer shuffles with the recipe's seed.
     `limit` caps both splits further (smoke runs use a handful of rows).
     """
     kind = source_kind(spec.source, base_dir)
@@ -160,11 +161,8 @@ def to_trl(ds: Dataset, fmt: Format | None) -> Dataset:
         keep = [c for c in TRL_COLUMNS if c in ds.column_names]
         return ds.select_columns(keep)
     if fmt.messages:
-        return (
-            ds.select_columns([fmt.messages]).rename_column(fmt.messages, "messages")
-            if (fmt.messages != "messages")
-            else ds.select_columns(["messages"])
-        )
+        ds = ds.select_columns([fmt.messages])
+        return ds if fmt.messages == "messages" else ds.rename_column(fmt.messages, "messages")
 
     def render(row: dict[str, Any]) -> dict[str, Any]:
         prompt = fmt.prompt.format_map(row)

@@ -82,27 +82,46 @@ def quantization_config(peft: Peft | None):
     )
 
 
-def load_model(source: str, ref: ModelRef, peft: Peft | None, smoke: bool, seed: int):
-    """Load the causal LM a stage trains. With `smoke`, a randomly initialised tiny model of the same family."""
+def load_model(source: str, ref: ModelRef, qlora: Peft | None = None):
+    """Load the causal LM a stage trains, as the recipe asks (dtype, attention kernel; 4-bit when `qlora`)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, set_seed
+    from transformers import AutoModelForCausalLM
 
-    common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
+    kwargs: dict[str, Any] = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
+    kwargs["dtype"] = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
+    if ref.attn_implementation:
+        kwargs["attn_implementation"] = ref.attn_implementation
+    quant = quantization_config(qlora)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
     try:
-        if smoke:
-            config = shrink_config(AutoConfig.from_pretrained(source, **common))
-            set_seed(seed)
-            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        kwargs: dict[str, Any] = dict(common)
-        kwargs["dtype"] = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
-        if ref.attn_implementation:
-            kwargs["attn_implementation"] = ref.attn_implementation
-        quant = quantization_config(peft)
-        if quant is not None:
-            kwargs["quantization_config"] = quant
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"cannot load model {ref.name!r} from {source!r}: {e}") from e
+
+
+def tiny_copy(source: str, ref: ModelRef, out: Path, seed: int) -> str:
+    """Save a randomly initialised, scaled-down model of the same architecture with the same tokenizer.
+
+    `--smoke` trains this instead of the real model. It is a real checkpoint on disk, so every later step
+    (adapters that name their base, merging between stages, saving) runs exactly as in a full run.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    if (out / "config.json").exists():
+        return str(out)
+    common = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
+    try:
+        config = shrink_config(AutoConfig.from_pretrained(source, **common))
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+    except OSError as e:
+        raise ModelLoadError(f"cannot read the config of {ref.name!r} from {source!r}: {e}") from e
+    set_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
 
 
 def param_count(model) -> tuple[int, int]:

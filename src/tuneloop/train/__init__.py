@@ -65,7 +65,7 @@ def train_recipe(
     """Run every stage of `recipe` in order; each stage starts from the model the previous one produced."""
     from accelerate.utils import broadcast_object_list
 
-    from tuneloop.models.loading import resolve
+    from tuneloop.models.loading import resolve, tiny_copy
     from tuneloop.train.stage import StageContext
 
     quiet_libraries()
@@ -84,6 +84,8 @@ def train_recipe(
         (run_dir / "recipe.yaml").write_text(resolved_yaml(recipe))
     with state.main_process_first():
         source = resolve(recipe.base_model, recipe_dir, log=say if main and say else (lambda _m: None))
+        if smoke:
+            source = tiny_copy(source, recipe.base_model, run_dir / "smoke-base", recipe.seed)
     results = []
     for i, stage in enumerate(recipe.stages):
         ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main)

@@ -19,14 +19,15 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 
     recipe = ctx.recipe
     tokenizer = load_tokenizer(ctx.model_source, recipe.base_model, ctx.recipe_dir)
-    data = load_data(recipe.stage_data(stage), ctx.recipe_dir, recipe.seed, limit=SMOKE_ROWS if ctx.smoke else None)
+    data = load_data(recipe.stage_data(stage), ctx.recipe_dir, limit=SMOKE_ROWS if ctx.smoke else None)
     ctx.say(
         f"data: {data.description}: {len(data.train)} train rows"
         + (f", {len(data.eval)} eval rows" if data.eval is not None else "")
         + f"  fingerprints {data.fingerprints}"
     )
     config = trl_args(SFTConfig, stage, ctx, has_eval=data.eval is not None)
-    model = load_model(ctx.model_source, recipe.base_model, stage.peft, ctx.smoke, recipe.seed)
+    # a smoke run trains a QLoRA stage's adapter in full precision: 4-bit loading needs CUDA
+    model = load_model(ctx.model_source, recipe.base_model, qlora=None if ctx.smoke else stage.peft)
     trainer = SFTTrainer(
         model=model,
         args=config,
