@@ -133,12 +133,15 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
             ("eval loss", f"{_f(s['eval_loss_before'])} → {_f(s['eval_loss_after'])}")
             if s.get("eval_loss_after") is not None
             else ("eval loss", "no eval split"),
-            ("tokens/s", f"{_f(s['tokens_per_s'])} ({s['train_tokens']} non-padding tokens)"),
+            (
+                "tokens/s",
+                f"{_f(s['tokens_per_s'])} ({s['train_tokens']} non-padding tokens; "
+                f"{_f(s.get('tokens_per_s_after_first_step'))} after the first step)",
+            ),
             ("train time", f"{s['train_runtime_s']:.1f} s"),
             (
                 "processes",
-                f"{s['world_size']}"
-                + ("" if s["world_size"] == 1 else f" ({_sync_words(s['ranks_in_sync'])})"),
+                f"{s['world_size']}" + ("" if s["world_size"] == 1 else f" ({_sync_words(s['ranks_in_sync'])})"),
             ),
             ("model", s["model_dir"]),
         ]

@@ -217,3 +217,9 @@ def test_cli_validate_json_for_ci(write):
     assert [r["ok"] for r in data] == [True, False]
     (p,) = data[1]["problems"]
     assert p["key"] == "stages.sft.method" and p["line"] == 8 and p["file"] == str(bad)
+
+
+def test_launcher_settings_in_recipe_args_are_refused(write):
+    path = write("r.yaml", GOOD + "      deepspeed: configs/deepspeed/zero3.json\n")
+    (msg,) = problems(path)
+    assert msg.startswith(f"{path}:13 stages.sft.args.deepspeed: a launcher setting: it belongs in an accelerate")

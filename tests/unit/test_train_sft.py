@@ -121,6 +121,9 @@ def test_resume_continues_from_last_complete_checkpoint(write, tiny_model):
     assert again.run_dir == first.run_dir
     assert again.stages[0]["resumed_from"].endswith("checkpoint-2")
     assert again.stages[0]["steps"] == 4
+    # the recipe changed between the two starts: both versions are kept
+    assert "max_steps: 2" in (first.run_dir / "recipe.previous.yaml").read_text()
+    assert "max_steps: 4" in (first.run_dir / "recipe.yaml").read_text()
 
 
 @pytest.mark.parametrize("verb", ["train", "run"])

@@ -19,14 +19,14 @@ METHOD_COLUMNS: dict[str, list[tuple[str, ...]]] = {"sft": [("messages",), ("pro
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
     found: Found = []
     found += _check_model(recipe, base_dir)
-    checked_data: set[int] = set()
+    checked: set[tuple[int, str]] = set()  # a data section shared by stages is checked once per method
     for i, stage in enumerate(recipe.stages):
         data, loc = (stage.data, ("stages", i, "data")) if stage.data else (recipe.data, ("data",))
         if data is None:
             found.append((("stages", i), "no data: give a `data:` section in the recipe or in this stage"))
             continue
-        if id(data) not in checked_data:
-            checked_data.add(id(data))
+        if (id(data), stage.method) not in checked:
+            checked.add((id(data), stage.method))
             found += _check_data(data, loc, base_dir, stage.method)
     return found
 

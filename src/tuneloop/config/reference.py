@@ -7,6 +7,7 @@ cannot drift from the code; a test fails when the committed copies are stale.
 from __future__ import annotations
 
 import json
+import types
 import typing
 from typing import Any
 
@@ -30,7 +31,7 @@ with a dotted path, stages addressed by name: `--set stages.sft.args.learning_ra
 
 def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+    if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(ann))
     if origin is typing.Literal:
         return " | ".join(f"`{a}`" for a in typing.get_args(ann))
@@ -79,7 +80,7 @@ def markdown() -> str:
     parts = [HEADER]
     for model in _models(Recipe):
         title = "Recipe (top level)" if model is Recipe else model.__name__
-        parts.append(f"\n## {title}\n<a id=\"{model.__name__.lower()}\"></a>\n\n{(model.__doc__ or '').strip()}\n")
+        parts.append(f'\n## {title}\n<a id="{model.__name__.lower()}"></a>\n\n{(model.__doc__ or "").strip()}\n')
         parts.append("| key | type | default | meaning |\n|---|---|---|---|")
         for name, f in model.model_fields.items():
             desc = (f.description or "").replace("|", "\\|").replace("\n", " ")

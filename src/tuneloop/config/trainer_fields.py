@@ -19,13 +19,17 @@ SNAPSHOT = Path(__file__).with_name("trainer_fields.json")
 # method -> TRL config class. A method is added here when its trainer module lands in tuneloop.train.
 CONFIG_CLASSES: dict[str, str] = {"sft": "SFTConfig"}
 
-# Arguments that tuneloop sets itself: the run directory decides where outputs go.
+# Arguments a recipe may not set: tuneloop sets them itself, or the launcher does.
+LAUNCHER = (
+    "a launcher setting: it belongs in an accelerate profile (configs/accelerate/), "
+    "started with `accelerate launch --config_file ...`"
+)
 MANAGED_ARGS: dict[str, str] = {
-    "output_dir": "tuneloop writes each run to its own directory; use `--run-dir` on the command line",
-    "resume_from_checkpoint": "use `tuneloop train --resume` instead",
-    "deepspeed": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
-    "fsdp": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
-    "fsdp_config": "launcher settings live in configs/accelerate/ (accelerate launch --config_file ...)",
+    "output_dir": "set by tuneloop: each run writes to its own directory; choose it with `--run-dir`",
+    "resume_from_checkpoint": "set by tuneloop: use `tuneloop train --resume`",
+    "deepspeed": LAUNCHER,
+    "fsdp": LAUNCHER,
+    "fsdp_config": LAUNCHER,
 }
 
 
@@ -158,7 +162,7 @@ def check_args(method: str, args: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for key, value in args.items():
         if key in MANAGED_ARGS:
-            problems.append((key, f"set by tuneloop, not by a recipe: {MANAGED_ARGS[key]}"))
+            problems.append((key, MANAGED_ARGS[key]))
             continue
         spec = known.get(key)
         if spec is None:

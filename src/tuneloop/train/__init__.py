@@ -6,6 +6,7 @@ The same code runs in one process (`tuneloop train`) and under `accelerate launc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Any
 
 from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.schema import Recipe, Stage
+from tuneloop.errors import TuneloopError
 from tuneloop.train import runs
 
 
@@ -53,6 +55,26 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
+def preflight(recipe: Recipe, smoke: bool) -> None:
+    """Refuse, before anything is loaded, what this machine cannot run (a smoke run substitutes instead)."""
+    import torch
+
+    if smoke or torch.cuda.is_available():
+        return
+    for stage in recipe.stages:
+        if stage.peft and stage.peft.type == "qlora":
+            raise TuneloopError(
+                f"stages.{stage.name}.peft: QLoRA loads the base model in 4 bits with bitsandbytes, which needs a "
+                "CUDA GPU; on this machine use `peft: {type: lora}`, or check the path with --smoke"
+            )
+        optim = str(stage.args.get("optim", ""))
+        if "8bit" in optim or "bnb" in optim:
+            raise TuneloopError(
+                f"stages.{stage.name}.args.optim: {optim} is a bitsandbytes optimizer, which needs a CUDA GPU; "
+                "use adamw_torch here, or check the path with --smoke"
+            )
+
+
 def train_recipe(
     recipe: Recipe,
     recipe_path: Path,
@@ -68,6 +90,7 @@ def train_recipe(
     from tuneloop.models.loading import resolve, tiny_copy
     from tuneloop.train.stage import StageContext
 
+    preflight(recipe, smoke)
     quiet_libraries()
     state = _init_distributed()
     started = time.perf_counter()
@@ -81,7 +104,14 @@ def train_recipe(
     recipe_dir = recipe_path.parent
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(resolved_yaml(recipe))
+        recorded = run_dir / "recipe.yaml"
+        if recorded.exists() and recorded.read_text() != resolved_yaml(recipe) and say:
+            say(
+                f"[yellow]warning:[/] the recipe differs from the one {run_dir.name} started with; "
+                "resuming with the new one (the old one is kept as recipe.previous.yaml)"
+            )
+            recorded.replace(run_dir / "recipe.previous.yaml")
+        recorded.write_text(resolved_yaml(recipe))
     with state.main_process_first():
         source = resolve(recipe.base_model, recipe_dir, log=say if main and say else (lambda _m: None))
         if smoke:
@@ -91,8 +121,6 @@ def train_recipe(
         ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main)
         done_file = ctx.stage_dir(stage) / "stage.json"
         if resume and done_file.exists():
-            import json
-
             summary = json.loads(done_file.read_text())
             ctx.say(f"stage {stage.name} already finished in {run_dir}; skipping")
         else:

@@ -67,6 +67,27 @@ class RichProgress(TrainerCallback):
             self.progress.stop()
 
 
+class StepClock(TrainerCallback):
+    """Times each optimizer step (evaluation and checkpointing between steps excluded), so throughput can leave
+    out the first step, which pays one-off costs (allocator warm-up, lazy initialisation)."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[float, int]] = []  # (seconds, tokens) of each step
+        self._begin = (0.0, 0)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._begin = (time.perf_counter(), int(state.num_input_tokens_seen or 0))
+
+    def on_step_end(self, args, state, control, **kwargs):
+        t0, n0 = self._begin
+        self.steps.append((time.perf_counter() - t0, int(state.num_input_tokens_seen or 0) - n0))
+
+    def steady_tokens_per_s(self) -> float | None:
+        later = self.steps[1:]
+        seconds = sum(t for t, _ in later)
+        return sum(n for _, n in later) / seconds if seconds > 0 else None
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

@@ -13,7 +13,7 @@ from typing import Any
 from tuneloop.config.schema import Peft, Recipe, Stage
 from tuneloop.errors import TuneloopError
 from tuneloop.train import runs
-from tuneloop.train.progress import RichProgress, console
+from tuneloop.train.progress import RichProgress, StepClock, console
 
 SMOKE_ROWS = 16
 SMOKE_STEPS = 2
@@ -64,12 +64,7 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
         defaults["per_device_eval_batch_size"] = stage.args.get("per_device_train_batch_size", 8)
     args = {**defaults, **stage.args, "output_dir": str(ctx.stage_dir(stage))}
     optim = str(args.get("optim", ""))
-    if not cuda and ("8bit" in optim or "bnb" in optim):
-        if not ctx.smoke:
-            raise TuneloopError(
-                f"stages.{stage.name}.args.optim: {optim} is a bitsandbytes optimizer, which needs a CUDA GPU; "
-                "use adamw_torch here"
-            )
+    if not cuda and ("8bit" in optim or "bnb" in optim):  # only a smoke run gets here (train.preflight)
         ctx.notes.append(f"smoke run: {optim} needs CUDA (bitsandbytes), so adamw_torch stands in")
         args["optim"] = "adamw_torch"
     if ctx.smoke:
@@ -116,6 +111,8 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
     stage_dir = ctx.stage_dir(stage)
     trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
     trainer.add_callback(RichProgress(stage.name))
+    clock = StepClock()
+    trainer.add_callback(clock)
     checkpoint = runs.last_checkpoint(stage_dir) if ctx.resume else None
     has_eval = trainer.eval_dataset is not None
     # The "before" evaluation must run inside train(): calling trainer.evaluate() first marks the model as
@@ -160,6 +157,7 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
         "train_tokens": tokens,
         "train_runtime_s": runtime,
         "tokens_per_s": tokens / runtime if runtime else None,
+        "tokens_per_s_after_first_step": clock.steady_tokens_per_s(),
         "world_size": trainer.args.world_size,
         "rank_weight_checksums": checksums,
         "ranks_in_sync": None if None in checksums else len(set(checksums)) == 1,
