@@ -13,9 +13,7 @@ from tuneloop.data.sources import source_kind
 
 
 def test_builtin_synopsis_task_is_chat_prompt_completion():
-    data = load_data(
-        Data(source="debian-descriptions", task="synopsis", max_train_rows=5, max_eval_rows=3), Path(), seed=0
-    )
+    data = load_data(Data(source="debian-descriptions", task="synopsis", max_train_rows=5, max_eval_rows=3), Path())
     assert len(data.train) == 5 and len(data.eval) == 3
     row = data.train[0]
     assert [t["role"] for t in row["prompt"]] == ["system", "user"]

@@ -105,12 +105,13 @@ def train_recipe(
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         recorded = run_dir / "recipe.yaml"
-        if recorded.exists() and recorded.read_text() != resolved_yaml(recipe) and say:
-            say(
-                f"[yellow]warning:[/] the recipe differs from the one {run_dir.name} started with; "
-                "resuming with the new one (the old one is kept as recipe.previous.yaml)"
-            )
+        if recorded.exists() and recorded.read_text() != resolved_yaml(recipe):
             recorded.replace(run_dir / "recipe.previous.yaml")
+            if say:
+                say(
+                    f"[yellow]warning:[/] the recipe differs from the one {run_dir.name} started with; "
+                    "resuming with the new one (the old one is kept as recipe.previous.yaml)"
+                )
         recorded.write_text(resolved_yaml(recipe))
     with state.main_process_first():
         source = resolve(recipe.base_model, recipe_dir, log=say if main and say else (lambda _m: None))

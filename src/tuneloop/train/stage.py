@@ -123,6 +123,7 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
         ctx.say(f"evaluating {stage.name} before training on {len(trainer.eval_dataset)} rows")
     if checkpoint is not None:
         ctx.say(f"Checkpoint detected, resuming training at {checkpoint}")
+    start_step, start_tokens = _checkpoint_progress(checkpoint)  # before train(): rotation may delete it
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_wall = time.perf_counter() - started
@@ -136,7 +137,6 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
     losses = [e["loss"] for e in state.log_history if "loss" in e]
     # Throughput covers this process's training only: a resumed run started at the checkpoint's token count,
     # and train_runtime includes evaluations run inside train() (eval_on_start, eval_strategy).
-    start_step, start_tokens = _checkpoint_progress(checkpoint)
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - start_tokens
     end = next((i for i, e in enumerate(state.log_history) if "train_runtime" in e), len(state.log_history))
     in_train_eval = sum(
