@@ -223,3 +223,13 @@ def test_launcher_settings_in_recipe_args_are_refused(write):
     path = write("r.yaml", GOOD + "      deepspeed: configs/deepspeed/zero3.json\n")
     (msg,) = problems(path)
     assert msg.startswith(f"{path}:13 stages.sft.args.deepspeed: a launcher setting: it belongs in an accelerate")
+
+
+def test_missing_chat_template_file(write):
+    path = write(
+        "r.yaml",
+        GOOD.replace(
+            "base_model: smollm2-135m-instruct", "base_model: {name: smollm2-135m-instruct, chat_template: nope.jinja}"
+        ),
+    )
+    assert problems(path) == [f"{path}:2 base_model.chat_template: file 'nope.jinja' does not exist"]

@@ -38,8 +38,8 @@ def _check_model(recipe: Recipe, base_dir: Path) -> Found:
     found: Found = []
     name = ref.name
     if name in BUILTIN_MODELS:
-        pass
-    elif name.startswith((".", "/", "~")) or (base_dir / name).exists() or Path(name).exists():
+        return found + _check_template(ref, base_dir)
+    if name.startswith((".", "/", "~")) or (base_dir / name).exists() or Path(name).exists():
         path = Path(name).expanduser()
         path = path if path.is_absolute() or path.exists() else base_dir / path
         if not path.is_dir():
@@ -50,9 +50,13 @@ def _check_model(recipe: Recipe, base_dir: Path) -> Found:
         hint = trainer_fields.closest(name, list(BUILTIN_MODELS))
         if hint:
             found.append((("base_model",), f"unknown built-in model {name!r} (did you mean {hint}?)"))
+    return found + _check_template(ref, base_dir)
+
+
+def _check_template(ref, base_dir: Path) -> Found:
     if ref.chat_template and not _exists(ref.chat_template, base_dir):
-        found.append((("base_model", "chat_template"), f"file {ref.chat_template!r} does not exist"))
-    return found
+        return [(("base_model", "chat_template"), f"file {ref.chat_template!r} does not exist")]
+    return []
 
 
 def _exists(name: str, base_dir: Path) -> bool:
