@@ -59,6 +59,8 @@ def preflight(recipe: Recipe, smoke: bool) -> None:
     """Refuse, before anything is loaded, what this machine cannot run (a smoke run substitutes instead)."""
     import torch
 
+    from tuneloop.train.stage import needs_cuda_optimizer
+
     if smoke or torch.cuda.is_available():
         return
     for stage in recipe.stages:
@@ -68,7 +70,7 @@ def preflight(recipe: Recipe, smoke: bool) -> None:
                 "CUDA GPU; on this machine use `peft: {type: lora}`, or check the path with --smoke"
             )
         optim = str(stage.args.get("optim", ""))
-        if "8bit" in optim or "bnb" in optim:
+        if needs_cuda_optimizer(optim):
             raise TuneloopError(
                 f"stages.{stage.name}.args.optim: {optim} is a bitsandbytes optimizer, which needs a CUDA GPU; "
                 "use adamw_torch here, or check the path with --smoke"

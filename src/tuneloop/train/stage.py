@@ -64,7 +64,7 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
         defaults["per_device_eval_batch_size"] = stage.args.get("per_device_train_batch_size", 8)
     args = {**defaults, **stage.args, "output_dir": str(ctx.stage_dir(stage))}
     optim = str(args.get("optim", ""))
-    if not cuda and ("8bit" in optim or "bnb" in optim):  # only a smoke run gets here (train.preflight)
+    if not cuda and needs_cuda_optimizer(optim):  # only a smoke run gets here (train.preflight)
         ctx.notes.append(f"smoke run: {optim} needs CUDA (bitsandbytes), so adamw_torch stands in")
         args["optim"] = "adamw_torch"
     if ctx.smoke:
@@ -83,6 +83,11 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
         return config_cls(**args)
     except (ValueError, TypeError) as e:
         raise TuneloopError(f"stages.{stage.name}.args: {config_cls.__name__} rejected the arguments: {e}") from e
+
+
+def needs_cuda_optimizer(optim: str) -> bool:
+    """8-bit and bitsandbytes optimizers (paged_adamw_8bit, adamw_bnb_8bit, ...) run on CUDA only."""
+    return "8bit" in optim or "bnb" in optim
 
 
 def lora_config(peft: Peft | None, ctx: StageContext):
