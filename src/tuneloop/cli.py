@@ -72,16 +72,20 @@ def validate(
     set_: SetOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable results for CI.")] = False,
 ) -> None:
-    """Check recipes completely (schema, files, data columns, trainer args) without loading a model.
+    """Check recipes and evaluation suites completely (schema, files, data columns, trainer args) without loading a
+    model.
 
     Exit code 2 when any recipe has a problem; every problem is listed as `file:line key.path: reason`.
     """
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.config.loader import load_recipe, load_suite
 
     results = []
     for path in recipes:
         try:
-            load_recipe(path, set_)
+            if _is_suite(path):
+                load_suite(path)
+            else:
+                load_recipe(path, set_)
             results.append({"recipe": str(path), "ok": True, "problems": []})
         except RecipeError as e:
             results.append({"recipe": str(path), "ok": False, "problems": [p.as_dict() for p in e.problems]})
@@ -95,6 +99,17 @@ def validate(
         print(json.dumps(results, indent=2))
     if not all(r["ok"] for r in results):
         raise typer.Exit(2)
+
+
+def _is_suite(path: Path) -> bool:
+    """Suite files (configs/eval/) have `tasks` and no `stages`; everything else is read as a recipe."""
+    from tuneloop.config.yamlsource import parse
+
+    try:
+        raw = parse(path.read_text())
+    except Exception:  # unreadable or invalid YAML: the recipe loader reports it with a line number
+        return False
+    return isinstance(raw, dict) and "tasks" in raw and "stages" not in raw
 
 
 def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | None, verb: str) -> None:
@@ -147,7 +162,15 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
         ]
         rows += [("note", n) for n in s.get("notes", [])]
         console.print(summary_table(f"stage {s['stage']} ({s['method']})", rows))
+    if result.evaluation is not None:
+        from tuneloop.eval.report import print_summary
+
+        print_summary(result.evaluation, console)
+        console.print(f"evaluation report: {result.run_dir / 'eval' / 'report.html'}")
     console.print(f"run finished in {result.wall_s:.1f} s: {result.run_dir}")
+    failure = pipeline.gate_failure(result.evaluation)
+    if failure:
+        _fail(failure, 3)
 
 
 def _sync_words(in_sync: bool | None) -> str:
@@ -188,6 +211,106 @@ def run(
 ) -> None:
     """Run the whole recipe: prepare data, train every stage (evaluation and registration come next)."""
     _train(recipe, set_, smoke, resume, run_dir, "run")
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model to evaluate: built-in name, local checkpoint or adapter, hub id, or a run directory. "
+            "Repeat to compare: later models are compared with the first (paired bootstrap). With --endpoint: "
+            "the served model name (default: the first it lists).",
+        ),
+    ] = None,
+    suite: Annotated[
+        str | None,
+        typer.Option("--suite", help="Suite file, a name under configs/eval/ (`eval/synopsis`), or a recipe."),
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Directory for results and reports.")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="transformers | vllm (default: the suite's, else transformers).")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Evaluate an OpenAI-compatible server at this URL instead.")
+    ] = None,
+    max_rows: Annotated[int | None, typer.Option("--max-rows", help="Cap every task at N rows.")] = None,
+    compare_: Annotated[
+        list[Path] | None,
+        typer.Option("--compare", help="Compare two finished evaluations: --compare DIR_A --compare DIR_B."),
+    ] = None,
+) -> None:
+    """Score models on a suite: BLEU/chrF/ROUGE/similarity, classification metrics, perplexity, all with 95% CIs.
+
+    Writes results.json, report.md and report.html. With several models (or --compare A B) it reports each
+    difference with its CI and a paired bootstrap p-value.
+    """
+    from tuneloop.errors import TuneloopError
+
+    try:
+        if compare_:
+            _compare(compare_, output)
+            return
+        if not suite:
+            _fail("give --suite (a suite file, a name under configs/eval/, or a recipe)", 2)
+        _evaluate(model or [], suite, output, backend, endpoint, max_rows)
+    except RecipeError as e:
+        for p in e.problems:
+            err.print(str(p), markup=False)
+        raise typer.Exit(2) from None
+    except TuneloopError as e:
+        _fail(str(e), 1, e)
+
+
+def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_rows) -> None:
+    import time
+
+    from tuneloop import workspace
+    from tuneloop.eval import suite as evsuite
+    from tuneloop.eval.report import print_summary
+    from tuneloop.eval.runner import ModelSpec
+
+    if backend not in (None, "transformers", "vllm"):
+        _fail(f"--backend must be transformers or vllm, not {backend!r}", 2)
+    if not models and not endpoint:
+        _fail("give --model (or --endpoint URL)", 2)
+    loaded = evsuite.load(suite_ref)
+    if endpoint:
+        specs = [ModelSpec(m, m, endpoint) for m in models] or [ModelSpec("served", "served", endpoint)]
+    else:
+        specs = [ModelSpec(_label(m, models), m) for m in models]
+    out_dir = output or workspace.home() / "evals" / loaded.name / time.strftime("%Y%m%d-%H%M%S")
+    results = evsuite.run_suite(loaded, specs, out_dir, backend=backend, max_rows=max_rows, say=out.print)
+    print_summary(results, out)
+    out.print(f"results: {out_dir / 'results.json'}\nreport:  {out_dir / 'report.html'}")
+
+
+def _label(ref: str, refs: list[str]) -> str:
+    """Short, unique labels for tables: the last path part, or the whole reference when that is ambiguous."""
+    short = Path(ref.rstrip("/")).name or ref
+    if ref.rstrip("/").endswith("/model"):
+        short = "/".join(Path(ref.rstrip("/")).parts[-3:])
+    others = [Path(r.rstrip("/")).name for r in refs if r != ref]
+    return ref if short in others else short
+
+
+def _compare(dirs: list[Path], output: Path | None) -> None:
+    from tuneloop.eval.report import print_summary
+    from tuneloop.eval.runner import compare, load_run, write_results
+
+    if len(dirs) != 2:
+        _fail("--compare takes two evaluation directories: --compare A --compare B", 2)
+    a, b = load_run(dirs[0]), load_run(dirs[1])
+    if a.entry["label"] == b.entry["label"]:
+        b.entry["label"] += " (B)"
+    comparisons = compare(a, b, 1000)
+    out_dir = output or dirs[1] / "compare"
+    suite = {"name": f"{dirs[0]} vs {dirs[1]}", "path": None, "tasks": []}
+    results = write_results(out_dir, suite, [a, b], comparisons, None)
+    print_summary(results, out)
+    out.print(f"report: {out_dir / 'report.html'}")
 
 
 @models_app.command("pull")

@@ -5,6 +5,7 @@ Each check returns (key path, message) pairs so the loader can point at the exac
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
@@ -28,6 +29,81 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
         if (id(data), stage.method) not in checked:
             checked.add((id(data), stage.method))
             found += _check_data(data, loc, base_dir, stage.method)
+    if recipe.evaluation is not None:
+        found += _check_evaluation(recipe, base_dir)
+    return found
+
+
+def _check_evaluation(recipe: Recipe, base_dir: Path) -> Found:
+    evaluation = recipe.evaluation
+    assert evaluation is not None
+    found = check_tasks(evaluation.tasks, recipe.data, base_dir, ("evaluation", "tasks"))
+    metrics = {(t.name, m) for t in evaluation.tasks for m in t.resolved_metrics(_task_kind(t, recipe.data))}
+    for i, rule in enumerate(evaluation.gate):
+        task, _, metric = rule.metric.rpartition("/")
+        matches = [(t, m) for t, m in metrics if m == metric and (not task or t == task)]
+        if not matches:
+            listed = ", ".join(sorted(f"{t}/{m}" for t, m in metrics))
+            found.append((("evaluation", "gate", i, "metric"), f"no task computes {rule.metric!r}; metrics: {listed}"))
+        elif len(matches) > 1:
+            found.append(
+                (("evaluation", "gate", i, "metric"), f"{metric!r} is computed by several tasks; write task/{metric}")
+            )
+    during = evaluation.during_training
+    if during and during.task and during.task not in {t.name for t in evaluation.tasks}:
+        found.append((("evaluation", "during_training", "task"), f"no task named {during.task!r}"))
+    return found
+
+
+def _task_kind(task, default_data: Data | None) -> str:
+    from tuneloop.data import builtin
+    from tuneloop.data.sources import source_kind
+
+    data = task.data or default_data
+    builtin_kind = None
+    if data is not None and data.task and source_kind(data.source, Path()) == "builtin":
+        with contextlib.suppress(KeyError):
+            builtin_kind = builtin.task(str(data.source), data.task).kind
+    return task.resolved_kind(builtin_kind)
+
+
+def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tuple) -> Found:
+    """Evaluation tasks: data present and readable, the split exists, classification has labels."""
+    from tuneloop.data import builtin
+    from tuneloop.data.sources import local_splits, source_kind
+
+    found: Found = []
+    for i, task in enumerate(tasks):
+        here = (*loc, i)
+        data = task.data or default_data
+        if data is None:
+            found.append((here, "no data: give the task a `data:` section (or the recipe one)"))
+            continue
+        if task.data is not None:
+            problems = _check_data(task.data, (*here, "data"), base_dir, "sft", training=False)
+            if problems:
+                found += problems
+                continue
+        kind = source_kind(data.source, base_dir)
+        splits = None
+        if kind == "builtin":
+            splits = list(builtin.info(str(data.source))["splits"])
+        elif kind == "files":
+            splits = list(local_splits(data.source, base_dir))
+        if splits is not None and task.split not in splits:
+            found.append(((*here, "split"), f"no split {task.split!r}; splits: {', '.join(splits)}"))
+        task_kind = _task_kind(task, default_data)
+        if task_kind == "classification" and not task.labels:
+            has = kind == "builtin" and data.task and builtin.task(str(data.source), data.task).labels
+            if not has:
+                found.append(((*here, "labels"), "a classification task needs `labels:` (the classes to choose from)"))
+        for m in task.resolved_metrics(task_kind):
+            from tuneloop.config.evaluation import METRICS
+
+            if not m.startswith("evaluate:") and m not in METRICS[task_kind]:
+                found.append(
+                    ((*here, "metrics"), f"{m!r} is not a {task_kind} metric; use: {', '.join(METRICS[task_kind])}")
+                )
     return found
 
 
@@ -64,7 +140,7 @@ def _exists(name: str, base_dir: Path) -> bool:
     return p.exists() or (base_dir / p).exists()
 
 
-def _check_data(data: Data, loc: tuple, base_dir: Path, method: str) -> Found:
+def _check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bool = True) -> Found:
     from tuneloop.data import builtin
     from tuneloop.data.sources import FILE_TYPES, columns_of, effective_format, local_splits, source_kind
 
@@ -104,7 +180,7 @@ def _check_data(data: Data, loc: tuple, base_dir: Path, method: str) -> Found:
     if data.task and kind != "builtin":
         found.append(((*loc, "task"), "`task` applies to built-in datasets only"))
     if splits is not None:
-        if data.train_split not in splits:
+        if training and data.train_split not in splits:
             found.append(((*loc, "train_split"), f"no split {data.train_split!r}; splits: {', '.join(splits)}"))
         if "eval_split" in data.model_fields_set and data.eval_split and data.eval_split not in splits:
             found.append(((*loc, "eval_split"), f"no split {data.eval_split!r}; splits: {', '.join(splits)}"))

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from tuneloop.config import trainer_fields
 from tuneloop.config.errors import Problem, RecipeError
+from tuneloop.config.evaluation import EvalSuite
 from tuneloop.config.schema import Recipe
 from tuneloop.config.yamlsource import KeyPath, Where, display_path, load_located, parse
 
@@ -26,6 +27,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw, where = _load_with_defaults(path, chain=())
     if not isinstance(raw, dict):
         raise RecipeError([Problem(display_path(path), 1, "", "a recipe is a YAML mapping (key: value lines)")])
+    raw, where = _with_suite(raw, where, path)
     problems: list[Problem] = []
     for text in overrides or []:
         try:
@@ -52,6 +54,61 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if problems:
         raise RecipeError(_sorted(_dedupe(problems)))
     return recipe
+
+
+def load_suite(path: str | Path) -> EvalSuite:
+    """Load and validate an evaluation suite file (`configs/eval/*.yaml`); RecipeError lists every problem."""
+    path = Path(path)
+    raw, where = _load_with_defaults(path, chain=())
+    shown = display_path(path)
+    if not isinstance(raw, dict):
+        raise RecipeError([Problem(shown, 1, "", "a suite is a YAML mapping (key: value lines)")])
+    try:
+        suite = EvalSuite.model_validate(raw)
+    except ValidationError as e:
+        problems = [_problem_from_pydantic(err, raw, where, (shown, None), EvalSuite) for err in e.errors()]
+        raise RecipeError(_sorted(_dedupe(problems))) from None
+    from tuneloop.config.checks import check_tasks
+
+    found = check_tasks(suite.tasks, None, path.parent, ("tasks",))
+    if found:
+        problems = []
+        for key_path, message in found:
+            file, line = _locate(key_path, where, (shown, None))
+            problems.append(Problem(file, line, _dotted(key_path, raw), message))
+        raise RecipeError(_sorted(_dedupe(problems)))
+    return suite
+
+
+def find_suite(entry: str, near: Path) -> Path | None:
+    """A suite named in a recipe or on the command line: a path, or a name under `configs/eval/`."""
+    direct = Path(entry).expanduser()
+    if direct.is_file():
+        return direct
+    return _find_default(entry, near) or _find_default(f"eval/{entry}", near)
+
+
+def _with_suite(raw: dict, where: dict[KeyPath, Where], path: Path) -> tuple[dict, dict[KeyPath, Where]]:
+    """Put the tasks of `evaluation.suite` under the recipe's own tasks (which merge over them by name)."""
+    evaluation = raw.get("evaluation")
+    if not isinstance(evaluation, dict) or not isinstance(evaluation.get("suite"), str):
+        return raw, where
+    shown = display_path(path)
+    found = find_suite(evaluation["suite"], path.parent)
+    if found is None:
+        line = where.get(("evaluation", "suite"), (shown, None))[1]
+        msg = f"no suite {evaluation['suite']!r} next to the recipe or under configs/eval/"
+        raise RecipeError([Problem(shown, line, "evaluation.suite", msg)])
+    sub, sub_where = _load_with_defaults(found, (path.resolve(),))
+    if not isinstance(sub, dict) or not isinstance(sub.get("tasks"), list):
+        raise RecipeError([Problem(display_path(found), 1, "tasks", "a suite file needs a `tasks:` list")])
+    base = {"evaluation": {"tasks": sub["tasks"]}}
+    base_where = {("evaluation", *k): v for k, v in sub_where.items() if k[:1] == ("tasks",)}
+    merged: dict = {}
+    merged_where: dict[KeyPath, Where] = {}
+    _merge(merged, merged_where, base, base_where, ())
+    _merge(merged, merged_where, raw, where, ())
+    return merged, merged_where
 
 
 def _check_stage_args(raw: dict) -> list[tuple[tuple, str]]:
@@ -232,11 +289,11 @@ def _locate(loc: tuple, where: dict[KeyPath, Where], fallback: tuple[str, None])
     return fallback
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+def _model_at(loc: tuple, root: type[BaseModel] = Recipe) -> type[BaseModel] | None:
     """The pydantic model that owns the last key of `loc` (for 'did you mean' on unknown keys)."""
     import typing
 
-    model: Any = Recipe
+    model: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -250,13 +307,15 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
-def _problem_from_pydantic(err: dict, raw: Any, where: dict, fallback: tuple[str, None]) -> Problem:
+def _problem_from_pydantic(
+    err: dict, raw: Any, where: dict, fallback: tuple[str, None], root: type[BaseModel] = Recipe
+) -> Problem:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained-"))))
     # a union of str | mapping reports each branch; the loc carries the branch type name: drop it
     loc = tuple(p for p in loc if p not in ("str", "dict[str,str]", "ModelRef", "list[str]"))
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_at(loc)
+        model = _model_at(loc, root)
         hint = trainer_fields.closest(str(loc[-1]), list(model.model_fields)) if model else None
         message = f"unknown key (did you mean {hint}?)" if hint else "unknown key"
         if model and not hint:

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from tuneloop.config import trainer_fields
+from tuneloop.config.evaluation import EvalSuite
 from tuneloop.config.schema import Recipe
 
 HEADER = """# Recipe reference
@@ -51,7 +52,10 @@ def _default(field: Any) -> str:
     if field.is_required():
         return "**required**"
     if field.default_factory is not None:
-        return f"`{json.dumps(field.default_factory())}`"
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return "see below"
+        return f"`{json.dumps(value)}`"
     if field.default is PydanticUndefined or field.default is None:
         return "—"
     return f"`{json.dumps(field.default)}`"
@@ -78,8 +82,10 @@ def _models(root: type[BaseModel]) -> list[type[BaseModel]]:
 
 def markdown() -> str:
     parts = [HEADER]
-    for model in _models(Recipe):
-        title = "Recipe (top level)" if model is Recipe else model.__name__
+    for model in [*_models(Recipe), EvalSuite]:
+        title = {Recipe: "Recipe (top level)", EvalSuite: "EvalSuite (a suite file under configs/eval/)"}.get(
+            model, model.__name__
+        )
         parts.append(f'\n## {title}\n<a id="{model.__name__.lower()}"></a>\n\n{(model.__doc__ or "").strip()}\n')
         parts.append("| key | type | default | meaning |\n|---|---|---|---|")
         for name, f in model.model_fields.items():

@@ -163,6 +163,11 @@ class Recipe(Section):
     base_model: ModelRef = Field(description="Model the first stage starts from.")
     data: Data | None = Field(None, description="Data for every stage that has no `data` of its own.")
     stages: list[Stage] = Field(min_length=1, description="Training stages, run in order.")
+    evaluation: Evaluation | None = Field(
+        None,
+        description="How the trained model is judged: `tuneloop run` evaluates the baseline and the trained model "
+        "on these tasks and applies the gate.",
+    )
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
@@ -179,6 +184,11 @@ class Recipe(Section):
         data = stage.data or self.data
         assert data is not None, "validated by load_recipe"
         return data
+
+
+from tuneloop.config.evaluation import Evaluation  # noqa: E402  (evaluation.py builds on the sections above)
+
+Recipe.model_rebuild()
 
 
 def template_fields(template: str) -> list[str]:

@@ -34,6 +34,7 @@ class RunResult:
     stages: list[dict[str, Any]]
     model_dir: Path
     wall_s: float
+    evaluation: dict[str, Any] | None = None  # results.json of the evaluation step, when the recipe has one
 
 
 def _init_distributed():

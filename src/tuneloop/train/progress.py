@@ -51,7 +51,7 @@ class RichProgress(TrainerCallback):
         parts = [
             f"{k.removeprefix('train_')} {_fmt(v)}"
             for k, v in logs.items()
-            if k in ("loss", "eval_loss", "learning_rate", "grad_norm")
+            if k in ("loss", "eval_loss", "learning_rate", "grad_norm") or k.startswith("gen_")
         ]
         if not parts:
             return

@@ -5,12 +5,17 @@ Order: resolve model → load data → build trainer → train → save → repo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from tuneloop.config.schema import Stage
 from tuneloop.data import load_data
+from tuneloop.data.sources import effective_format
 from tuneloop.errors import TuneloopError
+from tuneloop.eval.callback import build as generation_metrics
+from tuneloop.eval.models import TRAINING_RECORD, training_record
 from tuneloop.models.loading import load_model, load_tokenizer, param_count
+from tuneloop.train.runs import write_json
 from tuneloop.train.stage import SMOKE_ROWS, StageContext, fit, lora_config, trl_args
 
 
@@ -37,13 +42,19 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         peft_config=lora_config(stage.peft, ctx),
     )
     _report_dropped(trainer, data, config, stage, ctx)
+    during = generation_metrics(trainer, recipe, tokenizer, ctx.recipe_dir, ctx.smoke)
     trainable, total = param_count(trainer.model)
     ctx.say(
         f"model: {recipe.base_model.name}{' (tiny random, --smoke)' if ctx.smoke else ''}: "
         f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable"
         f" ({'LoRA' if stage.peft else 'full fine-tuning'})"
     )
-    summary = fit(trainer, stage, ctx)
+    summary = fit(trainer, stage, ctx, callbacks=[during] if during else [])
+    if ctx.is_main:
+        record = training_record(
+            tokenizer, effective_format(recipe.stage_data(stage)), recipe.base_model.name, recipe.name, stage.name
+        )
+        write_json(Path(summary["model_dir"]) / TRAINING_RECORD, record)
     summary["data_fingerprints"] = data.fingerprints
     summary["parameters"] = {"total": total, "trainable": trainable}
     return summary

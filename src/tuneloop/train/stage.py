@@ -108,7 +108,7 @@ def lora_config(peft: Peft | None, ctx: StageContext):
     )
 
 
-def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | None = None) -> dict[str, Any]:
     """Evaluate, train (resuming from the newest complete checkpoint if asked), evaluate, save, summarise."""
     from accelerate.utils import gather_object
     from transformers import PrinterCallback
@@ -118,6 +118,8 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
     trainer.add_callback(RichProgress(stage.name))
     clock = StepClock()
     trainer.add_callback(clock)
+    for callback in callbacks or []:  # after the clock: their pauses are not training time
+        trainer.add_callback(callback)
     checkpoint = runs.last_checkpoint(stage_dir) if ctx.resume else None
     has_eval = trainer.eval_dataset is not None
     # The "before" evaluation must run inside train(): calling trainer.evaluate() first marks the model as
@@ -149,6 +151,7 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext) -> dict[str, Any]:
         for e in state.log_history[:end]
         if "eval_loss" in e and (e["step"] > start_step or checkpoint is None)
     )
+    in_train_eval += sum(getattr(cb, "pause_s", 0.0) for cb in callbacks or [])
     runtime = max(result.metrics.get("train_runtime", train_wall) - in_train_eval, 1e-9)
     summary = {
         "stage": stage.name,

@@ -1,0 +1,1 @@
+"""Evaluation: suites, generation backends, metrics with confidence intervals, reports and gates."""

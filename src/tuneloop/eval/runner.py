@@ -1,0 +1,295 @@
+"""Run a suite on one or more models and write results.json, per-example files and the reports.
+
+Order for each model: resolve → load once → for each task: generate (or score) → metrics with CIs → worst examples.
+With several models, each later one is compared with the first by a paired bootstrap on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.errors import TuneloopError
+from tuneloop.eval import metrics as M
+from tuneloop.eval.backends import Throughput
+from tuneloop.eval.bootstrap import paired_bootstrap
+from tuneloop.eval.tasks import TaskRows, parse_label
+
+FORMAT = "tuneloop-eval/1"
+WORST = 10
+
+
+@dataclass
+class ModelSpec:
+    label: str  # "base", "fine-tuned", or the reference itself
+    ref: str  # model reference, or the served model name with `endpoint`
+    endpoint: str | None = None
+
+
+@dataclass
+class ModelRun:
+    """One model's results plus the per-example statistics that paired comparisons resample."""
+
+    entry: dict[str, Any]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)  # "task/metric" -> (N, k)
+
+
+def evaluate_model(
+    spec: ModelSpec,
+    tasks: list[TaskRows],
+    *,
+    backend: str,
+    base_dir: Path,
+    resamples: int,
+    say: Callable[[str], None],
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> ModelRun:
+    from tuneloop.eval import models as evmodels
+    from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
+
+    started = time.perf_counter()
+    entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
+    model = None
+    if spec.endpoint:
+        engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref)
+        entry["backend"] = "endpoint"
+        for t in tasks:
+            if t.kind == "perplexity":
+                raise TuneloopError(
+                    f"task {t.task.name} (perplexity) needs token log-probabilities, which an OpenAI-compatible "
+                    "endpoint does not return for a given text; evaluate the checkpoint with --backend transformers"
+                )
+    else:
+        model = evmodels.resolve_model(spec.ref, base_dir, say=say)
+        lm, tokenizer = evmodels.load_for_eval(model)
+        if backend == "vllm":
+            engine = VllmBackend(evmodels.merged_dir(model), tokenizer)
+            del lm
+        else:
+            engine = TransformersBackend(model.path, tokenizer, lm)
+        entry["weights_sha256"] = evmodels.weights_sha256(model.path)
+        entry["trained"] = model.record
+    entry.update(engine.describe())
+    run = ModelRun(entry)
+    for t in tasks:
+        if model is not None:
+            evmodels.check_template(model, entry.get("chat_template_sha256"), t.fmt, t.task.name)
+        tick = progress(f"{spec.label} · {t.task.name}", len(t.prompts)) if progress else None
+        result, stats = _run_task(engine, t, resamples, tick)
+        entry["tasks"][t.task.name] = result
+        run.stats.update({f"{t.task.name}/{k}": v for k, v in stats.items()})
+        shown = ", ".join(f"{k} {v['value']:.4g}" for k, v in result["metrics"].items())
+        say(f"{spec.label} · {t.task.name}: {shown}")
+    entry["wall_s"] = time.perf_counter() - started
+    return run
+
+
+def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    result: dict[str, Any] = {"kind": t.kind, "rows": len(t.prompts), "data": t.data, "metrics": {}}
+    builtin = [m for m in t.metrics if not m.startswith("evaluate:")]
+    external = [m for m in t.metrics if m.startswith("evaluate:")]
+    values: dict[str, Any] = {}
+    predictions: list[str] = []
+    if t.kind in ("generation", "classification"):
+        served = Throughput()
+        started = time.perf_counter()
+        answers = engine.generate(t.prompts, t.task.generation, tick)
+        served.wall_s = time.perf_counter() - started
+        predictions = [a.text for a in answers]
+        served.generated_tokens = sum(a.tokens for a in answers)
+        if hasattr(engine, "count_tokens"):
+            served.prompt_tokens = engine.count_tokens([engine.render(p) for p in t.prompts])
+        result["serving"] = {
+            "wall_s": served.wall_s,
+            "generated_tokens": served.generated_tokens,
+            "prompt_tokens": served.prompt_tokens,
+            "tokens_per_s": served.generated_tokens / served.wall_s if served.wall_s else None,
+            "cost_per_1k_tokens": None,  # the price table arrives with cost accounting
+        }
+        result["lengths"] = M.length_stats([a.tokens for a in answers], predictions)
+    if t.kind == "generation":
+        values = M.generation_metrics(predictions, t.references, builtin, resamples=resamples)
+    elif t.kind == "classification":
+        y_true = [r[0] for r in t.references]
+        y_pred = [parse_label(p, t.labels or []) for p in predictions]
+        scores = None
+        notes = []
+        if "roc_auc" in builtin:
+            if getattr(engine, "supports_loglik", False):
+                scores = _label_probabilities(engine, t)
+            else:
+                notes.append("roc_auc needs label log-likelihoods, which this backend cannot give")
+                builtin = [m for m in builtin if m != "roc_auc"]
+        values, info = M.classification_metrics(y_true, y_pred, t.labels or [], scores, builtin, resamples=resamples)
+        info["notes"] = [*info.get("notes", []), *notes]
+        result["classification"] = info
+    elif t.kind == "perplexity":
+        pairs = [engine.render_answer(p, r[0]) for p, r in zip(t.prompts, t.references, strict=True)]
+        scored = engine.loglik(pairs, tick=tick)
+        values = {
+            "perplexity": M.perplexity_metric([s[0] for s in scored], [s[1] for s in scored], resamples=resamples)
+        }
+    for name in external:
+        for key, value in M.evaluate_metric(name.split(":", 1)[1], predictions, t.references).items():
+            result["metrics"][f"{name}/{key}" if key != name.split(":", 1)[1] else name] = {
+                "value": value,
+                "ci": None,
+                "higher_is_better": True,
+                "signature": "evaluate (no CI)",
+            }
+    stats = {}
+    worst: dict[str, list[dict[str, Any]]] = {}
+    for name, mv in values.items():
+        result["metrics"][name] = {
+            "value": mv.value,
+            "ci": [mv.ci_low, mv.ci_high],
+            "higher_is_better": mv.higher_is_better,
+            "signature": mv.signature,
+        }
+        stats[name] = mv.stats
+        worst[name] = _worst(mv, t, predictions)
+    result["worst"] = worst
+    result["examples"] = [
+        {"prompt": _prompt_text(p), "references": r, "prediction": predictions[i] if predictions else None}
+        for i, (p, r) in enumerate(zip(t.prompts, t.references, strict=True))
+    ]
+    return result, stats
+
+
+def _label_probabilities(engine: Any, t: TaskRows) -> np.ndarray:
+    """Each label's probability from the model's length-normalised log-likelihood of answering with it."""
+    labels = t.labels or []
+    pairs = [engine.render_answer(p, label) for p in t.prompts for label in labels]
+    scored = engine.loglik(pairs)
+    mean_logp = np.array([-nll / max(n, 1) for nll, n in scored]).reshape(len(t.prompts), len(labels))
+    z = mean_logp - mean_logp.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _worst(mv: Any, t: TaskRows, predictions: list[str]) -> list[dict[str, Any]]:
+    scores = np.asarray(mv.per_example, dtype=float)
+    if scores.size == 0:
+        return []
+    order = np.argsort(scores if mv.higher_is_better else -scores, kind="stable")[:WORST]
+    return [
+        {
+            "index": int(i),
+            "score": float(scores[i]),
+            "prompt": _prompt_text(t.prompts[i]),
+            "prediction": predictions[i] if predictions else None,
+            "references": t.references[i],
+        }
+        for i in order
+    ]
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(turn["content"] for turn in prompt if turn.get("role") == "user")
+
+
+def compare(a: ModelRun, b: ModelRun, resamples: int) -> list[dict[str, Any]]:
+    """Paired bootstrap of every metric both runs share, b against a, on the same rows."""
+    out = []
+    for key, stats_b in b.stats.items():
+        stats_a = a.stats.get(key)
+        if stats_a is None:
+            continue
+        task, metric = key.split("/", 1)
+        fa = a.entry["tasks"][task]["data"].get("fingerprint")
+        fb = b.entry["tasks"][task]["data"].get("fingerprint")
+        if fa != fb or len(stats_a) != len(stats_b):
+            raise TuneloopError(f"task {task}: the two results were computed on different rows ({fa} vs {fb})")
+        hib = a.entry["tasks"][task]["metrics"][metric]["higher_is_better"]
+        paired = paired_bootstrap(stats_a, stats_b, M.score_fn(metric), resamples=resamples, higher_is_better=hib)
+        out.append(
+            {
+                "task": task,
+                "metric": metric,
+                "a": a.entry["label"],
+                "b": b.entry["label"],
+                "a_value": a.entry["tasks"][task]["metrics"][metric]["value"],
+                "b_value": b.entry["tasks"][task]["metrics"][metric]["value"],
+                "diff": paired["diff"],
+                "ci": paired["ci"],
+                "p_value": paired["p_value"],
+                "higher_is_better": hib,
+            }
+        )
+    return out
+
+
+def write_results(
+    out_dir: Path, suite: dict[str, Any], runs: list[ModelRun], comparisons: list[dict], gate: dict | None
+) -> dict[str, Any]:
+    """results.json (numbers, CIs, signatures, fingerprints), examples-<label>.jsonl, stats-<label>.npz, reports."""
+    from tuneloop.eval.report import write_reports
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = []
+    for run in runs:
+        entry = dict(run.entry)
+        label = entry["label"]
+        tasks = {}
+        with (out_dir / f"examples-{_slug(label)}.jsonl").open("w") as f:
+            for name, task in entry["tasks"].items():
+                task = dict(task)
+                for i, ex in enumerate(task.pop("examples", [])):
+                    f.write(json.dumps({"task": name, "index": i, **ex}, ensure_ascii=False) + "\n")
+                tasks[name] = task
+        entry["tasks"] = tasks
+        entry["stats_file"] = f"stats-{_slug(label)}.npz"
+        np.savez_compressed(out_dir / entry["stats_file"], **run.stats)
+        models.append(entry)
+    results = {
+        "format": FORMAT,
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "suite": suite,
+        "models": models,
+        "comparisons": comparisons,
+    }
+    if gate is not None:
+        results["gate"] = gate
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=_json))
+    write_reports(results, out_dir)
+    return results
+
+
+def load_run(results_path: Path, label: str | None = None) -> ModelRun:
+    """A model's results and statistics back from an evaluation directory (for `tuneloop eval --compare`)."""
+    path = results_path / "results.json" if results_path.is_dir() else results_path
+    if not path.is_file():
+        raise TuneloopError(f"{results_path}: no results.json (give an evaluation output directory)")
+    results = json.loads(path.read_text())
+    if results.get("format") != FORMAT:
+        raise TuneloopError(f"{path}: not a tuneloop evaluation result (format {results.get('format')!r})")
+    entries = results["models"]
+    entry = next((m for m in entries if m["label"] == label), None) if label else entries[-1]
+    if entry is None:
+        raise TuneloopError(f"{path}: no model labelled {label!r}; labels: {', '.join(m['label'] for m in entries)}")
+    with np.load(path.parent / entry["stats_file"]) as npz:
+        stats = {k: npz[k] for k in npz.files}
+    return ModelRun(entry, stats)
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in label)[:60]
+
+
+def _json(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(type(value))

@@ -1,0 +1,89 @@
+"""Turn a suite task into prompts and references, through the same data code that trains (so the prompt format
+of evaluation is the format of training), and parse answers back into labels for classification."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.config.evaluation import EvalTask
+from tuneloop.config.schema import Data, Format
+from tuneloop.data import builtin
+from tuneloop.data.sources import effective_format, load_data, source_kind
+from tuneloop.errors import TuneloopError
+from tuneloop.eval.backends import Prompt
+
+
+@dataclass
+class TaskRows:
+    task: EvalTask
+    kind: str
+    metrics: list[str]
+    prompts: list[Prompt]
+    references: list[list[str]]
+    labels: list[str] | None
+    fmt: Format | None
+    data: dict[str, Any]  # source, task, split, rows, fingerprint: what the numbers were computed on
+
+
+def load_task(task: EvalTask, default_data: Data | None, base_dir: Path) -> TaskRows:
+    data = task.data or default_data
+    if data is None:
+        raise TuneloopError(f"task {task.name}: no data (give the task a `data:` section)")
+    builtin_task = None
+    if data.task and source_kind(data.source, base_dir) == "builtin":
+        builtin_task = builtin.task(str(data.source), data.task)
+    kind = task.resolved_kind(builtin_task.kind if builtin_task else None)
+    spec = data.model_copy(update={"train_split": task.split, "eval_split": None, "max_train_rows": None})
+    prepared = load_data(spec, base_dir, limit=task.max_rows)
+    rows = prepared.train
+    prompts: list[Prompt] = []
+    references: list[list[str]] = []
+    for row in rows:
+        prompt, reference = _split_row(row, task.name)
+        prompts.append(prompt)
+        references.append([reference])
+    labels = task.labels or (list(builtin_task.labels) if builtin_task and builtin_task.labels else None)
+    if kind == "classification" and not labels:
+        raise TuneloopError(f"task {task.name}: a classification task needs `labels:`")
+    info = {
+        "source": data.source,
+        "task": data.task,
+        "split": task.split,
+        "rows": len(rows),
+        "fingerprint": prepared.fingerprints.get(task.split),
+    }
+    return TaskRows(task, kind, task.resolved_metrics(kind), prompts, references, labels, effective_format(data), info)
+
+
+def _split_row(row: dict[str, Any], task: str) -> tuple[Prompt, str]:
+    if "messages" in row:
+        turns = list(row["messages"])
+        if not turns or turns[-1].get("role") != "assistant":
+            raise TuneloopError(f"task {task}: a `messages` row must end with the assistant's answer")
+        return turns[:-1], turns[-1]["content"]
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(completion, list):
+            completion = completion[-1]["content"]
+        return prompt, completion
+    if "text" in row:
+        return "", row["text"]  # plain language-model text: perplexity only
+    raise TuneloopError(f"task {task}: rows need prompt/completion or messages columns after formatting")
+
+
+def parse_label(answer: str, labels: list[str]) -> str | None:
+    """The label an answer names: the whole answer, else the earliest label mentioned as a word; None when the
+    answer names none (counted as a parse failure, never dropped)."""
+    clean = answer.strip().strip(".:;,!\"'`*").strip().lower()
+    by_lower = {label.lower(): label for label in labels}
+    if clean in by_lower:
+        return by_lower[clean]
+    found = []
+    for label in labels:
+        m = re.search(rf"(?<![\w-]){re.escape(label.lower())}(?![\w-])", answer.lower())
+        if m:
+            found.append((m.start(), -len(label), label))
+    return min(found)[2] if found else None
