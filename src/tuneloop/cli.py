@@ -122,6 +122,9 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
     if main:
         console.rule(f"tuneloop {verb} {recipe_path}" + ("  (smoke)" if smoke else ""))
         console.print(resolved_yaml(recipe), markup=False, highlight=False)
+    import time
+
+    started = time.perf_counter()
     try:
         from tuneloop import pipeline
 
@@ -132,6 +135,7 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
             resume=resume,
             run_dir=run_dir,
             say=lambda m: console.print(m, highlight=False),
+            evaluate=verb == "run",
         )
     except TuneloopError as e:
         _fail(str(e), 1, e)
@@ -167,9 +171,13 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
 
         print_summary(result.evaluation, console)
         console.print(f"evaluation report: {result.run_dir / 'eval' / 'report.html'}")
-    console.print(f"run finished in {result.wall_s:.1f} s: {result.run_dir}")
+    total = time.perf_counter() - started
+    spent = f"{total:.1f} s" if result.evaluation is None else f"{total:.1f} s ({result.wall_s:.1f} s training)"
+    console.print(f"run finished in {spent}: {result.run_dir}")
     failure = pipeline.gate_failure(result.evaluation)
-    if failure:
+    if failure and smoke:
+        console.print(f"[yellow]smoke run: the gate is reported, not enforced (random tiny model)[/]\n{failure}")
+    elif failure:
         _fail(failure, 3)
 
 
@@ -197,7 +205,11 @@ def train(
     resume: ResumeOpt = False,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Run the recipe's training stages in this process (or on every rank under `accelerate launch`)."""
+    """Run the recipe's training stages only, in this process (or on every rank under `accelerate launch`).
+
+    Evaluation is `tuneloop run` (training + evaluation + gate) or, after a cluster run,
+    `tuneloop eval --suite RECIPE -m BASE_MODEL -m RUN_DIR`.
+    """
     _train(recipe, set_, smoke, resume, run_dir, "train")
 
 
@@ -209,7 +221,8 @@ def run(
     resume: ResumeOpt = False,
     run_dir: RunDirOpt = None,
 ) -> None:
-    """Run the whole recipe: prepare data, train every stage (evaluation and registration come next)."""
+    """Run the whole recipe: train every stage, evaluate the baseline and the trained model on the recipe's suite,
+    apply the gate (exit 3 when it fails). Registration comes next."""
     _train(recipe, set_, smoke, resume, run_dir, "run")
 
 
@@ -288,10 +301,14 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
 
 
 def _label(ref: str, refs: list[str]) -> str:
-    """Short, unique labels for tables: the last path part, or the whole reference when that is ambiguous."""
-    short = Path(ref.rstrip("/")).name or ref
-    if ref.rstrip("/").endswith("/model"):
-        short = "/".join(Path(ref.rstrip("/")).parts[-3:])
+    """Short, unique labels for tables: the last path part (`recipe/run` for a run directory), or the whole
+    reference when that is ambiguous."""
+    path = Path(ref.rstrip("/"))
+    short = path.name or ref
+    if (path / "summary.json").is_file():
+        short = "/".join(path.parts[-2:])
+    elif path.name == "model":
+        short = "/".join(path.parts[-4:])
     others = [Path(r.rstrip("/")).name for r in refs if r != ref]
     return ref if short in others else short
 

@@ -23,10 +23,15 @@ def run(
     resume: bool = False,
     run_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
+    evaluate: bool = True,
 ) -> RunResult:
-    """The whole recipe: its training stages, then (main process only) its evaluation and gate."""
+    """The whole recipe: its training stages, then (main process only) its evaluation and gate.
+
+    `tuneloop train` (and `accelerate launch -m tuneloop.train`) pass evaluate=False: on a cluster every rank
+    trains, and the suite runs afterwards with `tuneloop eval --suite RECIPE -m BASE -m RUN_DIR`.
+    """
     result = train_recipe(recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say)
-    if recipe.evaluation is not None and _is_main():
+    if evaluate and recipe.evaluation is not None and _is_main():
         result.evaluation = evaluate_run(recipe, recipe_path, result, smoke=smoke, resume=resume, say=say or print)
     return result
 

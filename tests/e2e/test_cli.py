@@ -14,7 +14,7 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["validate"], ["train"], ["run"], ["models"], ["models", "pull"], ["models", "list"]]
+    "argv", [[], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"]]
 )
 def test_every_verb_has_help(argv):
     result = runner.invoke(app, [*argv, "--help"])

@@ -64,3 +64,7 @@ def test_every_shipped_recipe_passes_smoke(recipe, workspace):
     assert len(summaries) == 1
     stages = json.loads(summaries[0].read_text())["stages"]
     assert all(s["steps"] == 2 for s in stages)
+    if "evaluation:" in recipe.read_text():  # base and trained tiny model were scored on the recipe's suite
+        results = json.loads((summaries[0].parent / "eval" / "results.json").read_text())
+        assert [m["label"] for m in results["models"]] == ["base", "fine-tuned"]
+        assert all(t["rows"] == 4 for m in results["models"] for t in m["tasks"].values())

@@ -48,7 +48,7 @@ def _judge(rule: GateRule, models: list[dict], comparisons: list[dict], candidat
             lo, hi = comp["ci"]
             where = (
                 f"{comp['b']} {comp['b_value']:.2f} vs {comp['a']} {comp['a_value']:.2f}: "
-                f"diff {comp['diff']:+.2f} (95% CI {lo:+.2f} to {hi:+.2f}, p={comp['p_value']:.3g})"
+                f"diff {comp['diff']:+.2f} (95% CI {lo:+.2f} to {hi:+.2f}, {_p(comp['p_value'])})"
             )
             if rule.max_drop is not None:
                 ok = gain >= -rule.max_drop
@@ -77,3 +77,8 @@ def _describe(rule: GateRule) -> str:
     if rule.max is not None:
         parts.append(f"must be ≤ {rule.max:g}")
     return f"{rule.metric} " + " and ".join(parts)
+
+
+def _p(p: float) -> str:
+    """1000 resamples cannot resolve p below 1/1001: say so instead of printing 0.000999."""
+    return "p<0.001" if p < 0.001 + 1e-9 else f"p={p:.3f}"

@@ -19,6 +19,8 @@ RAW_METRICS = {"perplexity"}  # not in points (0-100), so plotted on an axis of 
 NO_PRICE = "n/a (no price table yet)"
 SERVING = {"wall_s": "wall time (s)", "tokens_per_s": "generated tokens/s", "generated_tokens": "generated tokens",
            "prompt_tokens": "prompt tokens", "cost_per_1k_tokens": "cost per 1k tokens"}  # fmt: skip
+LENGTHS = {"tokens_mean": "tokens mean", "tokens_median": "tokens median", "tokens_p95": "tokens p95",
+           "tokens_max": "tokens max", "words_mean": "words mean", "empty_share": "empty"}  # fmt: skip
 CLIP = {"md": 160, "html": 600}  # characters of prompt/prediction/reference shown per worst example
 
 
@@ -164,7 +166,9 @@ def _cell(key: str, value: Any) -> str:
 def _section_table(results: dict, task: str, section: str, headers: dict[str, str] | None = None) -> _Table | None:
     """One row per model, one column per figure any model reported (serving, lengths); None when none did."""
     found = _union(_task(m, task).get(section) or {} for m in results["models"])
-    keys = [k for k in headers if k in found or k == "cost_per_1k_tokens"] if headers else found
+    keys = (
+        [k for k in headers if k in found or (k == "cost_per_1k_tokens" and section == "serving")] if headers else found
+    )
     if not found:
         return None
     rows = [
@@ -216,9 +220,16 @@ def _task_view(results: dict, task: str, fmt: str) -> dict[str, Any]:
         for m in results["models"]
         if (ex := (_task(m, task).get("worst") or {}).get(name))
     ]
-    return {"name": task, "about": " · ".join(a for a in about if a), "metrics": _metrics_table(results, task),
-            "signatures": signatures, "serving": _section_table(results, task, "serving", SERVING),
-            "lengths": _section_table(results, task, "lengths"), "confusions": confusions, "worst": worst}  # fmt: skip
+    return {
+        "name": task,
+        "about": " · ".join(a for a in about if a),
+        "metrics": _metrics_table(results, task),
+        "signatures": signatures,
+        "serving": _section_table(results, task, "serving", SERVING),
+        "lengths": _section_table(results, task, "lengths", LENGTHS),
+        "confusions": confusions,
+        "worst": worst,
+    }
 
 
 def _md(text: str) -> str:
