@@ -28,6 +28,7 @@ Tick = Callable[[int], None]
 class Answer:
     text: str
     tokens: int  # generated tokens, end-of-answer token included, padding excluded
+    prompt_tokens: int = 0  # as the server counted them (endpoints); local backends count with their tokenizer
 
 
 @dataclass
@@ -108,6 +109,7 @@ class TransformersBackend(LocalBackend):
         for start in range(0, len(order), gen.batch_size):
             idx = order[start : start + gen.batch_size]
             batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            batch = batch.to(self.model.device)
             sampling = gen.temperature > 0
             with torch.inference_mode():
                 ids = self.model.generate(
@@ -153,6 +155,7 @@ class TransformersBackend(LocalBackend):
             for r, s in enumerate(seqs):
                 ids[r, : len(s)] = torch.tensor(s)
                 mask[r, : len(s)] = 1
+            ids, mask = ids.to(self.model.device), mask.to(self.model.device)
             with torch.inference_mode():
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
             logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None])[..., 0]
@@ -198,7 +201,8 @@ class VllmBackend(LocalBackend):
         params = SamplingParams(
             temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_new_tokens, stop=gen.stop, seed=0
         )
-        results = self.llm.generate(texts, params, use_tqdm=False)
+        # the chat template already wrote any BOS; vLLM would add another to a text prompt
+        results = self.llm.generate(texts, params, use_tqdm=False, tokenization_kwargs={"add_special_tokens": False})
         if tick:
             tick(len(texts))
         return [Answer(r.outputs[0].text.strip(), len(r.outputs[0].token_ids)) for r in results]
@@ -272,7 +276,8 @@ class EndpointBackend:
                 text = r.choices[0].message.content or ""
             if tick:
                 tick(1)
-            return Answer(text.strip(), r.usage.completion_tokens if r.usage else 0)
+            usage = r.usage
+            return Answer(text.strip(), usage.completion_tokens if usage else 0, usage.prompt_tokens if usage else 0)
 
         with ThreadPoolExecutor(self.concurrency) as pool:
             return list(pool.map(one, prompts))

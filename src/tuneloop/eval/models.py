@@ -73,8 +73,23 @@ def load_for_eval(model: EvalModel) -> tuple[Any, Any]:
         raise TuneloopError(f"cannot load model {model.ref!r} from {model.path}: {e}") from e
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if torch.cuda.is_available():
+        lm = lm.to("cuda")
     torch.manual_seed(0)
     return lm, tokenizer
+
+
+def load_tokenizer(model: EvalModel) -> Any:
+    """The tokenizer alone, for engines that load the weights themselves (vLLM)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model.path)
+    except OSError as e:
+        raise TuneloopError(f"cannot load the tokenizer of {model.ref!r} from {model.path}: {e}") from e
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def merged_dir(model: EvalModel) -> str:

@@ -116,7 +116,8 @@ def _verdict(comparison: dict) -> str:
 def _diff(comparison: dict) -> str:
     text = f"{comparison['diff']:+.2f}"
     if comparison.get("ci"):
-        text += f" {_ci(comparison['ci'])} p={_p(comparison.get('p_value'))}"
+        p = _p(comparison.get("p_value"))
+        text += f" {_ci(comparison['ci'])} p{p if p.startswith('<') else '=' + p}"
     return f"{text} {_verdict(comparison)}".rstrip()
 
 

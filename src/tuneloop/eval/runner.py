@@ -68,11 +68,10 @@ def evaluate_model(
                 )
     else:
         model = evmodels.resolve_model(spec.ref, base_dir, say=say)
-        lm, tokenizer = evmodels.load_for_eval(model)
         if backend == "vllm":
-            engine = VllmBackend(evmodels.merged_dir(model), tokenizer)
-            del lm
+            engine = VllmBackend(evmodels.merged_dir(model), evmodels.load_tokenizer(model))
         else:
+            lm, tokenizer = evmodels.load_for_eval(model)
             engine = TransformersBackend(model.path, tokenizer, lm)
         entry["weights_sha256"] = evmodels.weights_sha256(model.path)
         entry["trained"] = model.record
@@ -106,6 +105,8 @@ def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str,
         served.generated_tokens = sum(a.tokens for a in answers)
         if hasattr(engine, "count_tokens"):
             served.prompt_tokens = engine.count_tokens([engine.render(p) for p in t.prompts])
+        else:
+            served.prompt_tokens = sum(a.prompt_tokens for a in answers)
         result["serving"] = {
             "wall_s": served.wall_s,
             "generated_tokens": served.generated_tokens,
