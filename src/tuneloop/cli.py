@@ -115,6 +115,7 @@ def _is_suite(path: Path) -> bool:
 def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | None, verb: str) -> None:
     recipe = _load(recipe_path, set_)
     from tuneloop.config.loader import resolved_yaml
+    from tuneloop.cost import describe as describe_cost
     from tuneloop.errors import TuneloopError
     from tuneloop.train.progress import console, summary_table
 
@@ -158,6 +159,7 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
                 f"{_f(s.get('tokens_per_s_after_first_step'))} after the first step)",
             ),
             ("train time", f"{s['train_runtime_s']:.1f} s"),
+            ("cost", describe_cost(s.get("cost") or {})),
             (
                 "processes",
                 f"{s['world_size']}" + ("" if s["world_size"] == 1 else f" ({_sync_words(s['ranks_in_sync'])})"),
@@ -171,6 +173,9 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
 
         print_summary(result.evaluation, console)
         console.print(f"evaluation report: {result.run_dir / 'eval' / 'report.html'}")
+    if result.cost and result.cost.get("total"):
+        parts = [f"{k} {describe_cost(v)}" for k, v in result.cost.items() if v and k != "total"]
+        console.print("cost: " + "; ".join(parts) + f"; [bold]total {describe_cost(result.cost['total'])}[/]")
     total = time.perf_counter() - started
     spent = f"{total:.1f} s" if result.evaluation is None else f"{total:.1f} s ({result.wall_s:.1f} s training)"
     console.print(f"run finished in {spent}: {result.run_dir}")

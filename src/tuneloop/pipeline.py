@@ -33,7 +33,22 @@ def run(
     result = train_recipe(recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say)
     if evaluate and recipe.evaluation is not None and _is_main():
         result.evaluation = evaluate_run(recipe, recipe_path, result, smoke=smoke, resume=resume, say=say or print)
+        _record_cost(result)
     return result
+
+
+def _record_cost(result: RunResult) -> None:
+    """Add the evaluation's cost to the run summary, next to training's, and the total."""
+    from tuneloop.cost import total
+    from tuneloop.train import runs
+
+    path = result.run_dir / runs.SUMMARY
+    summary = json.loads(path.read_text())
+    training = summary.get("cost", {}).get("training") or {}
+    evaluation = total([m.get("cost") for m in (result.evaluation or {}).get("models", [])])
+    summary["cost"] = {"training": training, "evaluation": evaluation, "total": total([training, evaluation])}
+    runs.write_json(path, summary)
+    result.cost = summary["cost"]
 
 
 def gate_failure(evaluation: dict[str, Any] | None) -> str | None:
@@ -71,14 +86,9 @@ def evaluate_run(
             )
             for t in tasks
         ]
+    resamples = 100 if smoke else ev.resamples
     suite = Suite(
-        recipe.name,
-        str(recipe_path),
-        tasks,
-        recipe.data,
-        recipe_path.parent,
-        100 if smoke else ev.resamples,
-        ev.backend,
+        recipe.name, str(recipe_path), tasks, recipe.data, recipe_path.parent, resamples, ev.backend, cost=recipe.cost
     )
     models = []
     if ev.baseline is not None:

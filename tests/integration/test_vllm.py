@@ -236,12 +236,9 @@ def _wait_until_serving(url: str, proc: subprocess.Popen, log: Path, timeout: fl
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"vLLM server exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as r:
-                if NAME in r.read().decode():
-                    return
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/v1/models", timeout=5) as r:
+            if NAME in r.read().decode():
+                return
         time.sleep(2)
     pytest.fail(f"vLLM server not serving after {timeout:.0f} s:\n{_tail(log)}")
 

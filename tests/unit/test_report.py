@@ -163,7 +163,7 @@ def test_markdown_has_values_cis_diffs_serving_confusion_and_failed_gate(results
     assert "| roc_auc |" in md and "| +5.55 | [-1.50, 12.00] |" in md  # CI straddles 0: no marker
     assert "| perplexity (lower is better) | 18.40 |" in md
     assert "bleu signature: `nrefs:1|case:mixed" in md
-    assert "n/a (no price table yet)" in md and "| 40.1 | 99.8 | 4,000 | 30,000 |" in md
+    assert "n/a (priced by the endpoint's provider)" in md and "| 40.1 | 99.8 | 4,000 | 30,000 |" in md
     assert "| true \\ predicted | admin | devel | libs | (unparsed) |" in md
     assert "| devel | 15 | 60 | 20 | 5 |" in md and "Parse failures: 12" in md
     assert "| 0.5% |" in md  # empty_share as a percentage

@@ -31,7 +31,29 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
             found += _check_data(data, loc, base_dir, stage.method)
     if recipe.evaluation is not None:
         found += _check_evaluation(recipe, base_dir)
+    found += _check_cost(recipe, base_dir)
     return found
+
+
+def _check_cost(recipe: Recipe, base_dir: Path) -> Found:
+    from tuneloop.cost import load_prices
+    from tuneloop.errors import TuneloopError
+
+    cost = recipe.cost
+    prices = cost.prices
+    if prices and not _exists(prices, base_dir):
+        return [(("cost", "prices"), f"file {prices!r} does not exist")]
+    path = None if not prices else str(Path(prices) if Path(prices).exists() else base_dir / prices)
+    try:
+        table = load_prices(path)
+    except TuneloopError as e:
+        return [(("cost", "prices"), str(e))]
+    devices = list(table["devices"])
+    if cost.device != "auto" and cost.device not in devices:
+        hint = trainer_fields.closest(cost.device, devices)
+        did = f"did you mean {hint}? " if hint else ""
+        return [(("cost", "device"), f"unknown device {cost.device!r}; {did}devices: {', '.join(devices)}")]
+    return []
 
 
 def _check_evaluation(recipe: Recipe, base_dir: Path) -> Found:

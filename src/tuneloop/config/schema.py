@@ -146,6 +146,22 @@ class Stage(Section):
         return value
 
 
+class Cost(Section):
+    """How runs are priced: a device from the price table (detected by default) or an explicit price."""
+
+    device: str = Field(
+        "auto",
+        description="Price-table device (`h100`, `a100-80gb`, `l4`, `cpu-2`, ...); `auto` detects the GPU by name, "
+        "or the CPU instance by core count.",
+    )
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Price of one device-hour, overriding the table's (e.g. your negotiated rate)."
+    )
+    prices: str | None = Field(
+        None, description="Another price table (default `configs/cost/prices.yaml`, which is meant to be edited)."
+    )
+
+
 class Recipe(Section):
     """A recipe: what to train, on what, and how. The unit of work in tuneloop."""
 
@@ -163,6 +179,7 @@ class Recipe(Section):
     base_model: ModelRef = Field(description="Model the first stage starts from.")
     data: Data | None = Field(None, description="Data for every stage that has no `data` of its own.")
     stages: list[Stage] = Field(min_length=1, description="Training stages, run in order.")
+    cost: Cost = Field(default_factory=Cost, description="How the run is priced (device-hours × price).")
     evaluation: Evaluation | None = Field(
         None,
         description="How the trained model is judged: `tuneloop run` evaluates the baseline and the trained model "

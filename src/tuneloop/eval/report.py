@@ -16,7 +16,7 @@ from typing import Any
 # Okabe-Ito: stays distinguishable under the common colour-vision deficiencies
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 RAW_METRICS = {"perplexity"}  # not in points (0-100), so plotted on an axis of their own
-NO_PRICE = "n/a (no price table yet)"
+NO_PRICE = "n/a (priced by the endpoint's provider)"
 SERVING = {"wall_s": "wall time (s)", "tokens_per_s": "generated tokens/s", "generated_tokens": "generated tokens",
            "prompt_tokens": "prompt tokens", "cost_per_1k_tokens": "cost per 1k tokens"}  # fmt: skip
 LENGTHS = {"tokens_mean": "tokens mean", "tokens_median": "tokens median", "tokens_p95": "tokens p95",
@@ -129,11 +129,19 @@ def _clip(text: Any, limit: int) -> str:
 
 
 def _models_table(results: dict) -> _Table:
+    from tuneloop.cost import describe
+
     rows = [
-        [m["label"], str(m.get("ref", "")), str(m.get("backend", "")), str(m.get("weights_sha256") or "")[:12]]
+        [
+            m["label"],
+            str(m.get("ref", "")),
+            str(m.get("backend", "")),
+            str(m.get("weights_sha256") or "")[:12],
+            describe(m["cost"]) if m.get("cost") else "–",
+        ]
         for m in results["models"]
     ]
-    return _Table(["model", "ref", "backend", "weights sha256"], rows, ["", "text", "", "text"])
+    return _Table(["model", "ref", "backend", "weights sha256", "evaluation cost"], rows, ["", "text", "", "text", ""])
 
 
 def _metrics_table(results: dict, task: str) -> _Table:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.cost import Price, account, safetensors_params
 from tuneloop.errors import TuneloopError
 from tuneloop.eval import metrics as M
 from tuneloop.eval.backends import Throughput
@@ -50,6 +51,7 @@ def evaluate_model(
     resamples: int,
     say: Callable[[str], None],
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
+    price: Price | None = None,
 ) -> ModelRun:
     from tuneloop.eval import models as evmodels
     from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
@@ -57,6 +59,7 @@ def evaluate_model(
     started = time.perf_counter()
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
     model = None
+    params = None
     if spec.endpoint:
         engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref)
         entry["backend"] = "endpoint"
@@ -70,9 +73,12 @@ def evaluate_model(
         model = evmodels.resolve_model(spec.ref, base_dir, say=say)
         if backend == "vllm":
             engine = VllmBackend(evmodels.merged_dir(model), evmodels.load_tokenizer(model))
+            params = safetensors_params(engine.path)
         else:
             lm, tokenizer = evmodels.load_for_eval(model)
             engine = TransformersBackend(model.path, tokenizer, lm)
+            params = lm.num_parameters()
+        entry["parameters"] = params
         entry["weights_sha256"] = evmodels.weights_sha256(model.path)
         entry["trained"] = model.record
     entry.update(engine.describe())
@@ -82,11 +88,23 @@ def evaluate_model(
             evmodels.check_template(model, entry.get("chat_template_sha256"), t.fmt, t.task.name)
         tick = progress(f"{spec.label} · {t.task.name}", len(t.prompts)) if progress else None
         result, stats = _run_task(engine, t, resamples, tick)
+        served = result.get("serving")
+        if served and price is not None:  # an endpoint's provider prices its own tokens: no rate of ours applies
+            tokens = served["prompt_tokens"] + served["generated_tokens"]
+            served["cost"] = account(price, served["wall_s"], 1, tokens, params, "inference")
+            if served["generated_tokens"]:
+                served["cost_per_1k_tokens"] = 1000 * served["cost"]["money"] / served["generated_tokens"]
         entry["tasks"][t.task.name] = result
         run.stats.update({f"{t.task.name}/{k}": v for k, v in stats.items()})
         shown = ", ".join(f"{k} {v['value']:.4g}" for k, v in result["metrics"].items())
         say(f"{spec.label} · {t.task.name}: {shown}")
     entry["wall_s"] = time.perf_counter() - started
+    if price is not None:  # the whole evaluation of this model: loading, generation, scoring
+        tokens = sum(
+            (t.get("serving") or {}).get("prompt_tokens", 0) + (t.get("serving") or {}).get("generated_tokens", 0)
+            for t in entry["tasks"].values()
+        )
+        entry["cost"] = account(price, entry["wall_s"], 1, tokens, params, "inference")
     return run
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config.evaluation import EvalTask, GateRule
-from tuneloop.config.schema import Data
+from tuneloop.config.schema import Cost, Data
+from tuneloop.cost import recipe_price
 from tuneloop.errors import TuneloopError
 from tuneloop.eval.runner import ModelSpec, compare, evaluate_model, write_results
 from tuneloop.eval.tasks import load_task
@@ -31,6 +32,7 @@ class Suite:
     backend: str = "transformers"
     gate: list[GateRule] | None = None
     baseline: str | None = None
+    cost: Cost | None = None  # a recipe's pricing; suites alone use the detected device
 
 
 def load(entry: str, near: Path | None = None) -> Suite:
@@ -48,7 +50,16 @@ def load(entry: str, near: Path | None = None) -> Suite:
             raise TuneloopError(f"{path}: the recipe has no `evaluation:` section")
         ev = recipe.evaluation
         return Suite(
-            recipe.name, str(path), ev.tasks, recipe.data, path.parent, ev.resamples, ev.backend, ev.gate, ev.baseline
+            recipe.name,
+            str(path),
+            ev.tasks,
+            recipe.data,
+            path.parent,
+            ev.resamples,
+            ev.backend,
+            ev.gate,
+            ev.baseline,
+            recipe.cost,
         )
     suite = load_suite(path)
     return Suite(suite.name, str(path), suite.tasks, None, path.parent, suite.resamples)
@@ -69,6 +80,7 @@ def run_suite(
     from tuneloop.train import quiet_libraries
 
     quiet_libraries()
+    price = recipe_price(suite.cost or Cost(), suite.base_dir)
     tasks = []
     for t in suite.tasks:
         if max_rows:
@@ -88,6 +100,7 @@ def run_suite(
                     resamples=suite.resamples,
                     say=say,
                     progress=progress,
+                    price=None if spec.endpoint else price,
                 )
             )
     comparisons = [c for run in runs[1:] for c in compare(runs[0], run, suite.resamples)]

@@ -35,6 +35,7 @@ class RunResult:
     model_dir: Path
     wall_s: float
     evaluation: dict[str, Any] | None = None  # results.json of the evaluation step, when the recipe has one
+    cost: dict[str, Any] | None = None  # {"training", "evaluation", "total"}: see tuneloop.cost
 
 
 def _init_distributed():
@@ -90,10 +91,12 @@ def train_recipe(
     """Run every stage of `recipe` in order; each stage starts from the model the previous one produced."""
     from accelerate.utils import broadcast_object_list
 
+    from tuneloop.cost import account, recipe_price, total
     from tuneloop.models.loading import resolve, tiny_copy
     from tuneloop.train.stage import StageContext
 
     preflight(recipe, smoke)
+    price = recipe_price(recipe.cost, recipe_path.parent)  # a bad device or price table fails before training
     quiet_libraries()
     state = _init_distributed()
     started = time.perf_counter()
@@ -129,7 +132,18 @@ def train_recipe(
             ctx.say(f"stage {stage.name} already finished in {run_dir}; skipping")
         else:
             ctx.say(f"[bold]stage {i + 1}/{len(recipe.stages)}: {stage.name}[/] ({stage.method})")
+            stage_started = time.perf_counter()
             summary = METHODS[stage.method](stage, ctx)
+            summary["wall_s"] = time.perf_counter() - stage_started
+            summary["cost"] = account(
+                price,
+                summary["wall_s"],
+                summary["world_size"],
+                summary["train_tokens"],
+                summary.get("parameters", {}).get("total"),
+                "training",
+                busy_s=summary["train_runtime_s"],
+            )
             if main:
                 runs.write_json(done_file, summary)
         results.append(summary)
@@ -139,6 +153,7 @@ def train_recipe(
     wall = time.perf_counter() - started
     result = RunResult(run_dir, results, Path(results[-1]["model_dir"]), wall)
     if main:
+        result.cost = {"training": total([s.get("cost") for s in results])}
         runs.write_json(
             run_dir / runs.SUMMARY,
             {
@@ -147,6 +162,7 @@ def train_recipe(
                 "wall_s": wall,
                 "model_dir": str(result.model_dir),
                 "stages": results,
+                "cost": result.cost,
             },
         )
     state.wait_for_everyone()
