@@ -300,9 +300,16 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
     else:
         specs = [ModelSpec(_label(m, models), m) for m in models]
     out_dir = output or workspace.home() / "evals" / loaded.name / time.strftime("%Y%m%d-%H%M%S")
-    results = evsuite.run_suite(loaded, specs, out_dir, backend=backend, max_rows=max_rows, say=out.print)
+    # a recipe's gate judges the last model against the first when there are two to compare
+    gate = loaded.gate if len(specs) > 1 and loaded.gate else None
+    results = evsuite.run_suite(loaded, specs, out_dir, backend=backend, max_rows=max_rows, gate=gate, say=out.print)
     print_summary(results, out)
     out.print(f"results: {out_dir / 'results.json'}\nreport:  {out_dir / 'report.html'}")
+    from tuneloop.pipeline import gate_failure
+
+    failure = gate_failure(results)
+    if failure:
+        _fail(failure, 3)
 
 
 def _label(ref: str, refs: list[str]) -> str:

@@ -253,3 +253,15 @@ def test_run_with_a_gate_that_holds_exits_0(tiny_model, write):
     result = invoke("run", str(write("r.yaml", RECIPE.format(base=tiny_model, gate=gate))))
     assert result.exit_code == 0, result.output
     assert "fine-tuned" in result.output and "gate passed" in result.output.lower()
+
+
+def test_eval_applies_a_recipes_gate_to_the_last_model_against_the_first(tiny_model, write, tmp_path):
+    gate = "    - {metric: rougeL, must_improve: true}"
+    recipe = write("r.yaml", RECIPE.format(base=tiny_model, gate=gate).replace("  during_training", "  #"))
+    result = invoke(
+        "eval", "-m", str(tiny_model), "-m", str(tiny_model), "--suite", str(recipe), "-o", str(tmp_path / "o")
+    )
+    assert result.exit_code == 3, result.output  # the same model cannot beat itself
+    assert "gate failed" in result.output and "diff +0.00" in result.output
+    single = invoke("eval", "-m", str(tiny_model), "--suite", str(recipe), "-o", str(tmp_path / "one"))
+    assert single.exit_code == 0, single.output  # one model: nothing to compare, no gate
