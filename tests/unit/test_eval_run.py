@@ -265,3 +265,11 @@ def test_eval_applies_a_recipes_gate_to_the_last_model_against_the_first(tiny_mo
     assert "gate failed" in result.output and "diff +0.00" in result.output
     single = invoke("eval", "-m", str(tiny_model), "--suite", str(recipe), "-o", str(tmp_path / "one"))
     assert single.exit_code == 0, single.output  # one model: nothing to compare, no gate
+
+
+def test_results_json_is_strict_json_even_when_an_interval_is_undefined():
+    from tuneloop.eval.runner import finite
+
+    cleaned = finite({"ci": [float("nan"), np.float64("inf")], "value": np.float32(1.5), "n": 3, "t": (1.0,)})
+    assert cleaned == {"ci": [None, None], "value": 1.5, "n": 3, "t": [1.0]}
+    json.dumps(cleaned, allow_nan=False)

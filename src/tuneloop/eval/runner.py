@@ -278,7 +278,8 @@ def write_results(
     }
     if gate is not None:
         results["gate"] = gate
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=_json))
+    text = json.dumps(finite(results), indent=2, ensure_ascii=False, default=_json, allow_nan=False)
+    (out_dir / "results.json").write_text(text)
     write_reports(results, out_dir)
     return results
 
@@ -298,6 +299,17 @@ def load_run(results_path: Path, label: str | None = None) -> ModelRun:
     with np.load(path.parent / entry["stats_file"]) as npz:
         stats = {k: npz[k] for k in npz.files}
     return ModelRun(entry, stats)
+
+
+def finite(value: Any) -> Any:
+    """NaN/inf (an interval undefined on every resample) as null: strict JSON readers (browsers, jq) reject NaN."""
+    if isinstance(value, float | np.floating):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def _slug(label: str) -> str:
