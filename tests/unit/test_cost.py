@@ -12,6 +12,11 @@ from tuneloop.cost import Price, account, describe, detect_device, load_prices, 
 from tuneloop.errors import TuneloopError
 
 H100 = Price("h100", 3.0, "USD", 989e12, "table")
+RECIPE = """name: r
+base_model: smollm2-135m-instruct
+data: {source: debian-descriptions, task: synopsis}
+stages: [{name: sft, method: sft}]
+"""
 
 
 def test_training_cost_is_devices_times_hours_times_price_and_6NT_flops():
@@ -88,17 +93,7 @@ def test_recipe_price_overrides_the_table():
 
 
 def test_unknown_device_in_a_recipe_is_a_located_error(write):
-    path = write(
-        "r.yaml",
-        """
-        name: r
-        base_model: smollm2-135m-instruct
-        data: {source: debian-descriptions, task: synopsis}
-        stages: [{name: sft, method: sft}]
-        cost:
-          device: h10
-        """,
-    )
+    path = write("r.yaml", RECIPE + "cost:\n  device: h10\n")
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     assert "r.yaml:6 cost.device: unknown device 'h10'; did you mean h100?" in str(e.value)
@@ -106,16 +101,7 @@ def test_unknown_device_in_a_recipe_is_a_located_error(write):
 
 def test_a_recipe_may_bring_its_own_price_table(write):
     write("prices.yaml", "currency: EUR\ndevices:\n  box: {price_per_hour: 2.5, kind: cpu, cores: 2}\n")
-    path = write(
-        "r.yaml",
-        """
-        name: r
-        base_model: smollm2-135m-instruct
-        data: {source: debian-descriptions, task: synopsis}
-        stages: [{name: sft, method: sft}]
-        cost: {device: box, prices: prices.yaml}
-        """,
-    )
+    path = write("r.yaml", RECIPE + "cost: {device: box, prices: prices.yaml}\n")
     from tuneloop.cost import recipe_price
 
     recipe = load_recipe(path)

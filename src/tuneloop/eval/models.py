@@ -59,10 +59,10 @@ def _loadable(path: Path) -> bool:
 def load_for_eval(model: EvalModel) -> tuple[Any, Any]:
     """(model, tokenizer) ready to generate: float32 on CPU, adapters folded into their base."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
+    tokenizer = load_tokenizer(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model.path)
         if model.adapter:
             from peft import AutoPeftModelForCausalLM
 
@@ -71,8 +71,6 @@ def load_for_eval(model: EvalModel) -> tuple[Any, Any]:
             lm = AutoModelForCausalLM.from_pretrained(model.path, dtype=_dtype())
     except OSError as e:
         raise TuneloopError(f"cannot load model {model.ref!r} from {model.path}: {e}") from e
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if torch.cuda.is_available():
         lm = lm.to("cuda")
     torch.manual_seed(0)
@@ -80,7 +78,7 @@ def load_for_eval(model: EvalModel) -> tuple[Any, Any]:
 
 
 def load_tokenizer(model: EvalModel) -> Any:
-    """The tokenizer alone, for engines that load the weights themselves (vLLM)."""
+    """The tokenizer saved beside the model (its chat template is the one it was trained with)."""
     from transformers import AutoTokenizer
 
     try:
