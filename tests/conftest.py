@@ -81,6 +81,10 @@ def workspace(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "ws"
     monkeypatch.setenv("TUNELOOP_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # tracking goes to the test's own workspace store; W&B never finds a key (tests of it run offline)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "WANDB_API_KEY", "WANDB_MODE", "TUNELOOP_USER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
     if SHARED_MODELS.is_dir():
         home.mkdir(parents=True, exist_ok=True)
         (home / "models").symlink_to(SHARED_MODELS)
@@ -98,3 +102,57 @@ def write(tmp_path):
         return path
 
     return _write
+
+
+TINY_RECIPE = """
+name: {name}
+base_model: {model}
+data: {{source: debian-descriptions, task: synopsis, max_train_rows: 16, max_eval_rows: 8}}
+stages:
+  - name: sft
+    method: sft
+    {peft}args: {{learning_rate: {lr}, max_steps: 3, per_device_train_batch_size: 4, max_length: 512,
+           logging_steps: 1, save_steps: 100}}
+evaluation:
+  tasks:
+    - {{name: ppl, kind: perplexity, split: validation, max_rows: 8}}
+{extra_tasks}  gate:
+    - {{metric: perplexity, {gate}}}
+{tail}"""
+
+
+@pytest.fixture
+def tiny_recipe(write, tiny_model):
+    """A recipe that trains the tiny model for 3 steps in seconds and gates on held-out perplexity, which those
+    steps lower reliably (so `max_drop: 0` passes for a trained model and fails for one with learning_rate 0)."""
+
+    def _recipe(
+        name: str = "tiny",
+        *,
+        lr: float = 1e-3,
+        gate: str = "max_drop: 0",
+        registry: bool = True,
+        model: str | None = None,
+        lora: bool = False,
+        generation: bool = False,
+        tail: str = "",
+        file: str | None = None,
+    ) -> Path:
+        extra = (
+            "    - {name: synopsis, split: test, max_rows: 4, metrics: [rougeL, bleu], "
+            "generation: {max_new_tokens: 8}}\n"
+            if generation
+            else ""
+        )
+        text = TINY_RECIPE.format(
+            name=name,
+            model=model or tiny_model,
+            lr=lr,
+            gate=gate,
+            peft="peft: {type: lora, r: 4, alpha: 8}\n    " if lora else "",
+            extra_tasks=extra,
+            tail=(f"registry: {{name: {name}}}\n" if registry else "") + tail,
+        )
+        return write(file or f"{name}.yaml", text)
+
+    return _recipe

@@ -22,6 +22,11 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="Base models: the built-in SmolLM2, local checkpoints, hub ids.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+registry_app = typer.Typer(
+    help="The model registry (MLflow): versions, lineage, `@champion`/`@challenger`, promotion through the gate.",
+    no_args_is_help=True,
+)
+app.add_typer(registry_app, name="registry")
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -179,11 +184,47 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
     total = time.perf_counter() - started
     spent = f"{total:.1f} s" if result.evaluation is None else f"{total:.1f} s ({result.wall_s:.1f} s training)"
     console.print(f"run finished in {spent}: {result.run_dir}")
+    if result.tracking:
+        console.print(f"tracked in MLflow: {result.tracking}")
+    _print_registration(result, recipe_path, recipe, console)
     failure = pipeline.gate_failure(result.evaluation)
     if failure and smoke:
         console.print(f"[yellow]smoke run: the gate is reported, not enforced (random tiny model)[/]\n{failure}")
     elif failure:
         _fail(failure, 3)
+
+
+def _print_registration(result, recipe_path: Path, recipe, console) -> None:
+    """The registered version, its aliases, its cost, what promotion decided, and what to try next."""
+    reg = result.registration
+    if reg is None:
+        return
+    from tuneloop.cost import describe as describe_cost
+    from tuneloop.tracking import store
+
+    model = store.client().get_registered_model(reg.name)
+    tags = " ".join(f"@{a}" for a, v in sorted(model.aliases.items()) if str(v) == reg.version) or "none"
+    again = "" if reg.created else " (this run was registered before: same version)"
+    cost = describe_cost((result.cost or {}).get("total") or (result.cost or {}).get("training") or {})
+    console.print(f"[bold]registered[/] {reg.uri}{again} · aliases {tags} · cost {cost}")
+    decision = result.promotion
+    if decision is not None:
+        head = "[green]promoted to @champion[/]" if decision.promoted else "[yellow]not promoted[/] (stays @challenger)"
+        console.print(f"{head}: {decision.reason.removeprefix('not promoted: ')}", markup=True)
+        if decision.report:
+            console.print(f"promotion report: {decision.report / 'report.html'}")
+    lr = f"stages.{recipe.stages[0].name}.args.learning_rate=0"
+    lines = [f"tuneloop registry show {reg.name}", f"tuneloop registry lineage {reg.name}@{reg.version}"]
+    if decision is not None and decision.promoted:
+        lines += [
+            f"tuneloop eval -m models:/{reg.name}@champion --suite {recipe_path}",
+            f"tuneloop run {recipe_path} --set {lr}    # a deliberately worse challenger: promotion is refused",
+        ]
+    else:
+        lines += [
+            f"tuneloop registry promote {reg.name} --version {reg.version}    # judge it against the champion",
+        ]
+    console.print("next:\n" + "\n".join(f"  {line}" for line in lines), markup=False)
 
 
 def _sync_words(in_sync: bool | None) -> str:
@@ -302,7 +343,19 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
     out_dir = output or workspace.home() / "evals" / loaded.name / time.strftime("%Y%m%d-%H%M%S")
     # a recipe's gate judges the last model against the first when there are two to compare
     gate = loaded.gate if len(specs) > 1 and loaded.gate else None
-    results = evsuite.run_suite(loaded, specs, out_dir, backend=backend, max_rows=max_rows, gate=gate, say=out.print)
+    tracker = _eval_tracker(loaded, out_dir, models, backend, endpoint, max_rows)
+    try:
+        results = evsuite.run_suite(
+            loaded, specs, out_dir, backend=backend, max_rows=max_rows, gate=gate, say=out.print
+        )
+    except BaseException as e:
+        tracker.finish("FAILED", e)
+        raise
+    from tuneloop.tracking import evaluation_metrics
+
+    tracker.log_metrics(evaluation_metrics(results))
+    tracker.log_artifact(out_dir, "eval")
+    tracker.finish("FINISHED")
     print_summary(results, out)
     out.print(f"results: {out_dir / 'results.json'}\nreport:  {out_dir / 'report.html'}")
     from tuneloop.pipeline import gate_failure
@@ -312,9 +365,28 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
         _fail(failure, 3)
 
 
+def _eval_tracker(suite, out_dir: Path, models: list[str], backend, endpoint, max_rows):
+    """`tuneloop eval` is tracked as its own MLflow run in the suite's experiment (a recipe's, for a recipe)."""
+    import time
+
+    from tuneloop.tracking import RunTracker
+
+    tracker = RunTracker(None, suite.name, "eval", out.print)
+    tracker.preflight()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tags = {"tuneloop.suite": suite.name, "tuneloop.suite_path": str(suite.path)}
+    tracker.begin(out_dir, f"eval/{time.strftime('%Y%m%d-%H%M%S')}", tags)
+    params = {"models": json.dumps(models), "backend": backend or suite.backend, "endpoint": endpoint,
+              "max_rows": max_rows, "suite": suite.name}  # fmt: skip
+    tracker.log_params({k: v for k, v in params.items() if v is not None})
+    return tracker
+
+
 def _label(ref: str, refs: list[str]) -> str:
     """Short, unique labels for tables: the last path part (`recipe/run` for a run directory), or the whole
     reference when that is ambiguous."""
+    if ref.startswith("models:/"):
+        return ref.removeprefix("models:/")
     path = Path(ref.rstrip("/"))
     short = path.name or ref
     if (path / "summary.json").is_file():
@@ -363,6 +435,158 @@ def models_list() -> None:
     for name, spec in builtin.BUILTIN_MODELS.items():
         where = builtin.path(name) if builtin.is_pulled(name) else "not pulled (tuneloop models pull " + name + ")"
         out.print(f"{name}  {spec.description}\n    {where}")
+
+
+# ---------------------------------------------------------------- registry
+
+RefArg = Annotated[str, typer.Argument(help="NAME/VERSION, NAME@VERSION or NAME@ALIAS (models:/ prefix optional).")]
+
+
+def _registry(call):
+    """Run a registry verb with user errors as one line (exit 1), bad references as exit 2."""
+    from tuneloop.errors import TuneloopError
+
+    try:
+        return call()
+    except ValueError as e:
+        _fail(str(e), 2, e)
+    except TuneloopError as e:
+        _fail(str(e), 1, e)
+
+
+@registry_app.command("list")
+def registry_list() -> None:
+    """Registered models with their champion, challenger and latest version."""
+    from tuneloop.registry.views import models_table
+    from tuneloop.tracking import store
+
+    _registry(lambda: out.print(models_table(store.client())))
+    out.print(f"store: {store.registry_uri()}")
+
+
+@registry_app.command("show")
+def registry_show(
+    ref: Annotated[str, typer.Argument(help="NAME (all versions) or NAME/VERSION, NAME@ALIAS (one version).")],
+) -> None:
+    """A registered model's versions (aliases, key metrics with 95% CIs, gate, cost, parent) and alias history,
+    or one version in full."""
+    from tuneloop.registry.materialize import get_version, registered_model
+    from tuneloop.registry.uri import parse_model_uri
+    from tuneloop.registry.views import history_table, version_table, versions_table
+    from tuneloop.tracking import store
+
+    def show() -> None:
+        uri = parse_model_uri(ref, need_version=False)
+        c = store.client()
+        if uri.version or uri.alias:
+            out.print(version_table(c, get_version(uri)))
+            return
+        registered_model(c, uri.name)  # a clear error for an unknown name
+        out.print(versions_table(c, uri.name))
+        out.print(history_table(c, uri.name))
+
+    _registry(show)
+
+
+@registry_app.command("lineage")
+def registry_lineage(ref: RefArg) -> None:
+    """The chain from a version back through its parent versions to the base model, with data fingerprints,
+    recipe, code commit, gate, metrics and cost at every step."""
+    from tuneloop.registry.lineage import tree
+    from tuneloop.registry.uri import parse_model_uri
+
+    _registry(lambda: out.print(tree(parse_model_uri(ref))))
+
+
+@registry_app.command("history")
+def registry_history(name: Annotated[str, typer.Argument(help="Registered model name.")]) -> None:
+    """Every alias move (register, promote, forced promote, rollback) with who, why and the gate's verdict."""
+    from tuneloop.registry.views import history_table
+    from tuneloop.tracking import store
+
+    _registry(lambda: out.print(history_table(store.client(), name)))
+
+
+@registry_app.command("promote")
+def registry_promote(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    version: Annotated[str, typer.Option("--version", "-v", help="Version to promote to @champion.")],
+    force: Annotated[bool, typer.Option("--force", help="Skip the gate (needs --reason; recorded).")] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why: recorded in the alias history.")] = None,
+    suite: Annotated[
+        str | None, typer.Option("--suite", help="Judge on this suite or recipe instead of the version's recipe.")
+    ] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help="transformers | vllm for any evaluation.")] = None,
+) -> None:
+    """Move `@champion` to VERSION if it passes its recipe's gate against the current champion (same suite, paired
+    bootstrap; cached evaluations reused). Exit 3 when the gate refuses it."""
+    from tuneloop.registry.promotion import promote
+
+    def run() -> None:
+        from tuneloop.eval import suite as evsuite
+
+        chosen = evsuite.load(suite) if suite else None
+        rules = chosen.gate if chosen and chosen.gate else None  # a suite file has no gate: the version's recipe
+        decision = promote(
+            name, version, suite=chosen, rules=rules, force=force, reason=reason, backend=backend, say=out.print
+        )
+        _print_decision(decision)
+        if not decision.promoted and "already the champion" not in decision.reason:
+            raise typer.Exit(3)
+
+    _registry(run)
+
+
+def _print_decision(decision) -> None:
+    if decision.gate is not None and decision.report is not None:
+        from tuneloop.eval.report import print_summary
+
+        print_summary(json.loads((decision.report / "results.json").read_text()), out)
+    if decision.promoted:
+        was = f" (was version {decision.previous})" if decision.previous else ""
+        out.print(f"[green]@champion → {decision.name}/{decision.version}[/]{was}: {decision.reason}")
+    else:
+        why = decision.reason.removeprefix("not promoted: ")
+        out.print(f"[yellow]{decision.name}/{decision.version} not promoted[/]: {why}")
+    if decision.report:
+        out.print(f"report: {decision.report / 'report.html'}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why: recorded in the alias history.")] = None,
+) -> None:
+    """Move `@champion` back to the previous champion (from the alias history)."""
+    from tuneloop.registry.promotion import rollback
+
+    _registry(lambda: _print_decision(rollback(name, reason)))
+
+
+@registry_app.command("pull")
+def registry_pull(ref: RefArg) -> None:
+    """Download a registered version into the workspace cache (verified against its recorded hash) and print
+    the directory, which transformers and peft load."""
+    from tuneloop.registry.materialize import materialize
+
+    _registry(lambda: print(materialize(ref, say=err.print)))
+
+
+@registry_app.command("register")
+def registry_register(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (training done; eval/ if evaluated).")],
+) -> None:
+    """Register a run trained elsewhere (`accelerate launch ... -m tuneloop.train`, then `tuneloop eval --suite RECIPE
+    -m BASE -m RUN_DIR --output RUN_DIR/eval`) under its recipe's `registry.name`. Idempotent: a run registered
+    before gets its existing version."""
+    from tuneloop.registry.register import register_existing_run
+
+    def run() -> None:
+        reg = register_existing_run(run_dir, say=out.print)
+        again = "" if reg.created else " (already registered: same version)"
+        out.print(f"[bold]registered[/] {reg.uri}{again}")
+
+    _registry(run)
 
 
 def main() -> None:

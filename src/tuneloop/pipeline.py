@@ -1,5 +1,5 @@
-"""Run one recipe in order: prepare data → train stages → evaluate baseline and trained model → gate
-(register and serve slot in after the gate)."""
+"""Run one recipe in order: prepare data → train stages → evaluate baseline and trained model → gate →
+register → promote (serving follows the champion alias)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,6 @@ from typing import Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.train import RunResult, train_recipe
-
-SMOKE_EVAL_ROWS = 4
-SMOKE_NEW_TOKENS = 8
 
 
 def run(
@@ -25,16 +22,95 @@ def run(
     say: Callable[[str], None] | None = None,
     evaluate: bool = True,
 ) -> RunResult:
-    """The whole recipe: its training stages, then (main process only) its evaluation and gate.
+    """The whole recipe: training stages, then (main process only) evaluation, gate, registration and promotion,
+    all tracked in one MLflow run that ends FINISHED, or FAILED with the error (and then registers nothing).
 
     `tuneloop train` (and `accelerate launch -m tuneloop.train`) pass evaluate=False: on a cluster every rank
     trains, and the suite runs afterwards with `tuneloop eval --suite RECIPE -m BASE -m RUN_DIR`.
     """
-    result = train_recipe(recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say)
-    if evaluate and recipe.evaluation is not None and _is_main():
-        result.evaluation = evaluate_run(recipe, recipe_path, result, smoke=smoke, resume=resume, say=say or print)
-        _record_cost(result)
+    from tuneloop.tracking import RunTracker
+
+    say = say or print
+    main = _is_main()
+    kind = "run" if evaluate else "train"
+    tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, kind, say)
+    if not main:
+        tracker = RunTracker.disabled()
+    tracker.preflight()
+    follows = evaluate and (recipe.evaluation is not None or recipe.registry is not None)
+    try:
+        result = train_recipe(
+            recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say, tracker=tracker,
+            finished=not follows,
+        )  # fmt: skip
+        if follows and main:
+            _after_training(recipe, recipe_path, result, tracker, smoke=smoke, resume=resume, say=say)
+    except KeyboardInterrupt as e:
+        tracker.finish("KILLED", e)
+        raise
+    except BaseException as e:
+        tracker.finish("FAILED", e)
+        raise
+    tracker.finish("FINISHED")
+    result.tracking = tracker.where()
     return result
+
+
+def _after_training(
+    recipe: Recipe, recipe_path: Path, result: RunResult, tracker: Any, *, smoke: bool, resume: bool, say: Callable
+) -> None:
+    """Evaluate and gate, register, try to promote; then mark the run finished (so --resume leaves it alone)."""
+    from tuneloop.tracking import cost_metrics, evaluation_metrics
+    from tuneloop.train import runs
+
+    if recipe.evaluation is not None:
+        result.evaluation = evaluate_run(recipe, recipe_path, result, smoke=smoke, resume=resume, say=say)
+        _record_cost(result)
+        tracker.log_metrics(evaluation_metrics(result.evaluation))
+        gate = result.evaluation.get("gate")
+        tracker.set_tags({"tuneloop.gate": "none" if not gate else "passed" if gate["passed"] else "failed"})
+        tracker.log_artifact(result.run_dir / "eval", "eval")
+        tracker.log_metrics(cost_metrics(result.cost or {}))
+        _log_eval_inputs(tracker, recipe, recipe_path, result.evaluation)
+    if recipe.registry is not None:
+        from tuneloop.registry.register import register_run
+
+        result.registration = register_run(result.run_dir, recipe, tracker, smoke=smoke, say=say)
+        if recipe.registry.promote == "auto":
+            result.promotion = _auto_promote(recipe, recipe_path, result, smoke, say)
+    runs.mark_finished(result.run_dir)
+    tracker.log_artifact(result.run_dir / runs.SUMMARY)
+
+
+def _log_eval_inputs(tracker: Any, recipe: Recipe, recipe_path: Path, results: dict[str, Any]) -> None:
+    """The rows each evaluation task scored, as dataset inputs (digest = fingerprint of the formatted rows)."""
+    from tuneloop.data.sources import split_source
+
+    entry = (results.get("models") or [{}])[-1]
+    by_name = {t.name: t for t in recipe.evaluation.tasks} if recipe.evaluation else {}
+    for task, body in (entry.get("tasks") or {}).items():
+        data, spec = body.get("data") or {}, by_name.get(task)
+        source_spec = (spec.data if spec and spec.data else None) or recipe.data
+        if not data.get("fingerprint") or source_spec is None:
+            continue
+        source = split_source(source_spec, data["split"], recipe_path.parent)
+        name = f"{data['source']}" + (f"/{data['task']}" if data.get("task") else "") + f":{data['split']}"
+        tracker.log_dataset_ref(name, data["fingerprint"], source, f"evaluation/{task}", data.get("rows"))
+
+
+def _auto_promote(recipe: Recipe, recipe_path: Path, result: RunResult, smoke: bool, say: Callable) -> Any:
+    """Champion if the run passed its own gate and (when there is a champion) the gate against it."""
+    from tuneloop.eval.suite import from_recipe
+    from tuneloop.registry.promotion import promote
+
+    reg = result.registration
+    assert reg is not None
+    gate = (result.evaluation or {}).get("gate")
+    own = "none" if not gate else "passed" if gate["passed"] else "failed"
+    suite = from_recipe(recipe, recipe_path, smoke=smoke) if recipe.evaluation is not None else None
+    return promote(
+        reg.name, reg.version, suite=suite, rules=recipe.promotion_gate() if suite else [], own_gate=own, say=say
+    )
 
 
 def _record_cost(result: RunResult) -> None:
@@ -66,7 +142,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Baseline and trained model on the recipe's suite, written to <run>/eval (kept on --resume)."""
     from tuneloop.eval.runner import ModelSpec
-    from tuneloop.eval.suite import Suite, run_suite
+    from tuneloop.eval.suite import from_recipe, run_suite
 
     ev = recipe.evaluation
     assert ev is not None
@@ -75,21 +151,8 @@ def evaluate_run(
     if resume and done.is_file():
         say(f"evaluation already finished in {out_dir}; keeping it")
         return json.loads(done.read_text())
-    tasks = ev.tasks
-    if smoke:
-        tasks = [
-            t.model_copy(
-                update={
-                    "max_rows": SMOKE_EVAL_ROWS,
-                    "generation": t.generation.model_copy(update={"max_new_tokens": SMOKE_NEW_TOKENS}),
-                }
-            )
-            for t in tasks
-        ]
-    resamples = 100 if smoke else ev.resamples
-    suite = Suite(
-        recipe.name, str(recipe_path), tasks, recipe.data, recipe_path.parent, resamples, ev.backend, cost=recipe.cost
-    )
+    suite = from_recipe(recipe, recipe_path, smoke=smoke)
+    tasks = suite.tasks
     models = []
     if ev.baseline is not None:
         baseline = _baseline_ref(recipe, result, ev.baseline)
@@ -100,10 +163,19 @@ def evaluate_run(
 
 
 def _baseline_ref(recipe: Recipe, result: RunResult, baseline: str) -> str:
+    """`base` is what training started from: the smoke copy, or for a registry alias the version it resolved
+    to then (the alias may have moved since)."""
     if baseline != "base":
         return baseline
     smoke_base = result.run_dir / "smoke-base"
-    return str(smoke_base) if (smoke_base / "config.json").exists() else recipe.base_model.name
+    if (smoke_base / "config.json").exists():
+        return str(smoke_base)
+    from tuneloop.train import runs
+
+    started = json.loads((result.run_dir / runs.SUMMARY).read_text()).get("base_model") or {}
+    if started.get("registry"):
+        return f"models:/{started['registry']}"
+    return recipe.base_model.name
 
 
 def _is_main() -> bool:

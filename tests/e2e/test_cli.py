@@ -14,7 +14,12 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "argv", [[], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"]]
+    "argv",
+    [
+        [], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"],
+        ["registry"], ["registry", "list"], ["registry", "show"], ["registry", "lineage"], ["registry", "history"],
+        ["registry", "promote"], ["registry", "rollback"], ["registry", "pull"], ["registry", "register"],
+    ],  # fmt: skip
 )
 def test_every_verb_has_help(argv):
     result = runner.invoke(app, [*argv, "--help"])

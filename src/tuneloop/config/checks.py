@@ -31,8 +31,18 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
             found += _check_data(data, loc, base_dir, stage.method)
     if recipe.evaluation is not None:
         found += _check_evaluation(recipe, base_dir)
+    found += _check_registry(recipe)
     found += _check_cost(recipe, base_dir)
     return found
+
+
+def _check_registry(recipe: Recipe) -> Found:
+    registry = recipe.registry
+    if registry is None or not registry.gate:
+        return []
+    if recipe.evaluation is None:
+        return [(("registry", "gate"), "a promotion gate needs an `evaluation:` section (the suite it is judged on)")]
+    return _check_gate_metrics(recipe, registry.gate, ("registry", "gate"))
 
 
 def _check_cost(recipe: Recipe, base_dir: Path) -> Found:
@@ -60,20 +70,27 @@ def _check_evaluation(recipe: Recipe, base_dir: Path) -> Found:
     evaluation = recipe.evaluation
     assert evaluation is not None
     found = check_tasks(evaluation.tasks, recipe.data, base_dir, ("evaluation", "tasks"))
-    metrics = {(t.name, m) for t in evaluation.tasks for m in t.resolved_metrics(_task_kind(t, recipe.data))}
-    for i, rule in enumerate(evaluation.gate):
+    found += _check_gate_metrics(recipe, evaluation.gate, ("evaluation", "gate"))
+    during = evaluation.during_training
+    if during and during.task and during.task not in {t.name for t in evaluation.tasks}:
+        found.append((("evaluation", "during_training", "task"), f"no task named {during.task!r}"))
+    return found
+
+
+def _check_gate_metrics(recipe: Recipe, rules: list, loc: tuple) -> Found:
+    """Every gate rule names a metric exactly one evaluation task computes."""
+    assert recipe.evaluation is not None
+    found: Found = []
+    tasks = recipe.evaluation.tasks
+    metrics = {(t.name, m) for t in tasks for m in t.resolved_metrics(_task_kind(t, recipe.data))}
+    for i, rule in enumerate(rules):
         task, _, metric = rule.metric.rpartition("/")
         matches = [(t, m) for t, m in metrics if m == metric and (not task or t == task)]
         if not matches:
             listed = ", ".join(sorted(f"{t}/{m}" for t, m in metrics))
-            found.append((("evaluation", "gate", i, "metric"), f"no task computes {rule.metric!r}; metrics: {listed}"))
+            found.append(((*loc, i, "metric"), f"no task computes {rule.metric!r}; metrics: {listed}"))
         elif len(matches) > 1:
-            found.append(
-                (("evaluation", "gate", i, "metric"), f"{metric!r} is computed by several tasks; write task/{metric}")
-            )
-    during = evaluation.during_training
-    if during and during.task and during.task not in {t.name for t in evaluation.tasks}:
-        found.append((("evaluation", "during_training", "task"), f"no task named {during.task!r}"))
+            found.append(((*loc, i, "metric"), f"{metric!r} is computed by several tasks; write task/{metric}"))
     return found
 
 
@@ -135,6 +152,14 @@ def _check_model(recipe: Recipe, base_dir: Path) -> Found:
     ref = recipe.base_model
     found: Found = []
     name = ref.name
+    if name.startswith("models:/"):
+        from tuneloop.registry.uri import parse_model_uri
+
+        try:
+            parse_model_uri(name)
+        except ValueError as e:
+            found.append((("base_model",), str(e)))
+        return found + _check_template(ref, base_dir)
     if name in BUILTIN_MODELS:
         return found + _check_template(ref, base_dir)
     if name.startswith((".", "/", "~")) or (base_dir / name).exists() or Path(name).exists():

@@ -21,8 +21,11 @@ from tuneloop.config.yamlsource import KeyPath, Where, display_path, load_locate
 OVERRIDE = "--set"
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load, merge, override and validate a recipe; raise RecipeError listing every problem found."""
+def load_recipe(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:
+    """Load, merge, override and validate a recipe; raise RecipeError listing every problem found.
+
+    `base_dir` is where relative paths in the recipe are looked up (default: the recipe's folder); a recipe
+    recorded elsewhere (a run directory, a registered version) is read against its original folder."""
     path = Path(path)
     raw, where = _load_with_defaults(path, chain=())
     if not isinstance(raw, dict):
@@ -50,7 +53,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(_sorted(_dedupe(problems))) from None
     from tuneloop.config.checks import check_recipe  # import cycle: checks -> data -> schema
 
-    add(check_recipe(recipe, base_dir=path.parent))
+    add(check_recipe(recipe, base_dir=base_dir or path.parent))
     if problems:
         raise RecipeError(_sorted(_dedupe(problems)))
     return recipe

@@ -185,6 +185,12 @@ class Recipe(Section):
         description="How the trained model is judged: `tuneloop run` evaluates the baseline and the trained model "
         "on these tasks and applies the gate.",
     )
+    tracking: Tracking = Field(
+        default_factory=lambda: Tracking(), description="Where the run is tracked (MLflow, W&B)."
+    )
+    registry: Registry | None = Field(
+        None, description="Register the trained model (MLflow Model Registry) when the run succeeds."
+    )
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
@@ -192,7 +198,15 @@ class Recipe(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
+        if self.registry is not None and not self.tracking.mlflow:
+            raise ValueError("`registry` needs MLflow tracking: remove `tracking.mlflow: false` or the registry")
         return self
+
+    def promotion_gate(self) -> list[GateRule]:
+        """The rules a version must pass against the champion: `registry.gate`, else the evaluation's gate."""
+        if self.registry is not None and self.registry.gate:
+            return list(self.registry.gate)
+        return list(self.evaluation.gate) if self.evaluation else []
 
     def stage(self, name: str) -> Stage:
         return next(s for s in self.stages if s.name == name)
@@ -203,7 +217,8 @@ class Recipe(Section):
         return data
 
 
-from tuneloop.config.evaluation import Evaluation  # noqa: E402  (evaluation.py builds on the sections above)
+from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
+from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
 
 Recipe.model_rebuild()
 

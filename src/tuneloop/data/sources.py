@@ -54,6 +54,18 @@ def resolve_file(name: str, base_dir: Path) -> Path:
     return base_dir / p if (base_dir / p).exists() else p
 
 
+def split_source(spec: Data, split: str, base_dir: Path) -> str:
+    """Where a split's rows come from, for lineage: the local file, or the hub id (with subset and revision)."""
+    kind = source_kind(spec.source, base_dir)
+    if kind == "builtin":
+        return str(builtin.split_file(str(spec.source), split))
+    if kind == "files":
+        found = local_splits(spec.source, base_dir).get(split)
+        return str(found.resolve()) if found else str(spec.source)
+    extra = "".join(f"{k}={v};" for k, v in (("subset", spec.subset), ("revision", spec.revision)) if v)
+    return f"{spec.source}" + (f"?{extra.rstrip(';')}" if extra else "")
+
+
 def local_splits(source: str | dict[str, str], base_dir: Path) -> dict[str, Path]:
     """Split name -> file for a local source. A single file is the `train` split."""
     if isinstance(source, dict):

@@ -31,10 +31,12 @@ def resolve_model(ref: str, base_dir: Path, say=print) -> EvalModel:
     from tuneloop.models.loading import resolve
 
     if ref.startswith("models:/"):
-        raise TuneloopError(
-            f"{ref}: registry URIs need the model registry, which this installation does not have yet; "
-            "give the model's directory or its run directory instead"
-        )
+        from tuneloop.registry.materialize import materialize, registered_from
+
+        path = materialize(ref, say=say)
+        found = registered_from(path) or {}
+        say(f"{ref} is version {found.get('version')} of {found.get('name')} ({path})")
+        return _local(ref, path)
     path = Path(ref).expanduser()
     if path.is_dir() and (path / "summary.json").is_file() and not (path / "config.json").exists():
         model_dir = json.loads((path / "summary.json").read_text())["model_dir"]
@@ -45,11 +47,14 @@ def resolve_model(ref: str, base_dir: Path, say=print) -> EvalModel:
             f"{ref} is a directory but holds no model (no config.json or adapter_config.json) and no run summary"
         )
     source = str(path.resolve()) if path.is_dir() else resolve(ModelRef(name=ref), base_dir, log=say)
-    local = Path(source)
+    return _local(ref, Path(source))
+
+
+def _local(ref: str, local: Path) -> EvalModel:
     adapter = (local / "adapter_config.json").is_file()
     record_file = local / TRAINING_RECORD
     record = json.loads(record_file.read_text()) if record_file.is_file() else None
-    return EvalModel(ref, source, adapter, record)
+    return EvalModel(ref, str(local), adapter, record)
 
 
 def _loadable(path: Path) -> bool:

@@ -35,6 +35,40 @@ class Suite:
     cost: Cost | None = None  # a recipe's pricing; suites alone use the detected device
 
 
+SMOKE_EVAL_ROWS = 4
+SMOKE_NEW_TOKENS = 8
+
+
+def from_recipe(recipe: Any, recipe_path: Path, *, smoke: bool = False, base_dir: Path | None = None) -> Suite:
+    """A recipe's `evaluation:` section as a suite; smoke runs shrink every task to a few rows and tokens."""
+    ev = recipe.evaluation
+    if ev is None:
+        raise TuneloopError(f"{recipe_path}: the recipe has no `evaluation:` section")
+    tasks = ev.tasks
+    if smoke:
+        tasks = [
+            t.model_copy(
+                update={
+                    "max_rows": SMOKE_EVAL_ROWS,
+                    "generation": t.generation.model_copy(update={"max_new_tokens": SMOKE_NEW_TOKENS}),
+                }
+            )
+            for t in tasks
+        ]
+    return Suite(
+        recipe.name,
+        str(recipe_path),
+        tasks,
+        recipe.data,
+        base_dir or recipe_path.parent,
+        100 if smoke else ev.resamples,
+        ev.backend,
+        ev.gate,
+        ev.baseline,
+        recipe.cost,
+    )
+
+
 def load(entry: str, near: Path | None = None) -> Suite:
     """A suite file (path or name under configs/eval/) or a recipe with an `evaluation:` section."""
     from tuneloop.config.loader import find_suite, load_recipe, load_suite
@@ -45,22 +79,7 @@ def load(entry: str, near: Path | None = None) -> Suite:
         raise TuneloopError(f"no suite {entry!r}: give a suite file, a name under configs/eval/, or a recipe")
     raw, _ = load_located(path)
     if isinstance(raw, dict) and "stages" in raw:
-        recipe = load_recipe(path)
-        if recipe.evaluation is None:
-            raise TuneloopError(f"{path}: the recipe has no `evaluation:` section")
-        ev = recipe.evaluation
-        return Suite(
-            recipe.name,
-            str(path),
-            ev.tasks,
-            recipe.data,
-            path.parent,
-            ev.resamples,
-            ev.backend,
-            ev.gate,
-            ev.baseline,
-            recipe.cost,
-        )
+        return from_recipe(load_recipe(path), path)
     suite = load_suite(path)
     return Suite(suite.name, str(path), suite.tasks, None, path.parent, suite.resamples)
 

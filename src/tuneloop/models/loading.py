@@ -15,7 +15,12 @@ class ModelLoadError(TuneloopError):
 
 
 def resolve(ref: ModelRef, base_dir: Path, log=print) -> str:
-    """A local directory or hub id for `from_pretrained`; pulls the built-in model on first use."""
+    """A local directory or hub id for `from_pretrained`; pulls the built-in model on first use, downloads a
+    registered version (`models:/NAME@ALIAS`) once, as full weights (an adapter merged into its base)."""
+    if ref.name.startswith("models:/"):
+        from tuneloop.registry.materialize import full_model, materialize
+
+        return str(full_model(materialize(ref.name, say=log)))
     if ref.name in builtin.BUILTIN_MODELS:
         if not builtin.is_pulled(ref.name):
             log(f"built-in model {ref.name} is not in the workspace yet; pulling it once")
@@ -26,6 +31,43 @@ def resolve(ref: ModelRef, base_dir: Path, log=print) -> str:
         if candidate.is_dir():
             return str(candidate.resolve())
     return ref.name
+
+
+def provenance(ref: ModelRef, source: str) -> dict[str, Any]:
+    """What a run started from, for lineage: the reference as written, the registered version it resolved to,
+    and the weights' SHA-256 (a hub model: the commit of the cached snapshot)."""
+    import json
+
+    info: dict[str, Any] = {"ref": ref.name, "revision": ref.revision, "path": source}
+    if ref.name.startswith("models:/"):
+        from tuneloop.registry.materialize import registered_from
+
+        found = registered_from(source)
+        if found:
+            info["registry"] = f"{found['name']}/{found['version']}"
+    if ref.name in builtin.BUILTIN_MODELS:
+        marker = builtin.path(ref.name) / builtin.MARKER
+        info["sha256"] = json.loads(marker.read_text()).get("weights_sha256") if marker.is_file() else None
+    elif Path(source).is_dir():
+        from tuneloop.eval.models import weights_sha256
+
+        info["sha256"] = weights_sha256(source)
+    else:
+        info["commit"] = _hub_commit(ref)
+    return info
+
+
+def _hub_commit(ref: ModelRef) -> str | None:
+    """The commit of the snapshot the hub cache holds for this model (its directory is named after it)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(ref.name, "config.json", revision=ref.revision)
+    except Exception:
+        return None
+    if isinstance(found, str) and "/snapshots/" in found:
+        return found.split("/snapshots/")[1].split("/")[0]
+    return None
 
 
 def load_tokenizer(source: str, ref: ModelRef, base_dir: Path):

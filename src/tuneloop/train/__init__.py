@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.schema import Recipe, Stage
 from tuneloop.errors import TuneloopError
 from tuneloop.train import runs
+
+if TYPE_CHECKING:
+    from tuneloop.tracking import RunTracker
 
 
 def _sft(stage: Stage, ctx) -> dict[str, Any]:
@@ -36,6 +39,9 @@ class RunResult:
     wall_s: float
     evaluation: dict[str, Any] | None = None  # results.json of the evaluation step, when the recipe has one
     cost: dict[str, Any] | None = None  # {"training", "evaluation", "total"}: see tuneloop.cost
+    registration: Any = None  # tuneloop.registry.register.Registration, when the recipe registers
+    promotion: Any = None  # tuneloop.registry.promotion.Decision, when registration tried to promote
+    tracking: str | None = None  # where the MLflow run is
 
 
 def _init_distributed():
@@ -87,12 +93,19 @@ def train_recipe(
     resume: bool = False,
     run_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
+    tracker: RunTracker | None = None,
+    finished: bool = True,
 ) -> RunResult:
-    """Run every stage of `recipe` in order; each stage starts from the model the previous one produced."""
+    """Run every stage of `recipe` in order; each stage starts from the model the previous one produced.
+
+    `tracker` (main process only) begins as soon as the run directory is known and receives the recipe,
+    parameters, environment, datasets, curves and per-stage figures. `finished=False` leaves the run open for
+    `--resume` after training (the pipeline's evaluation and registration follow and close it)."""
     from accelerate.utils import broadcast_object_list
 
     from tuneloop.cost import account, recipe_price, total
-    from tuneloop.models.loading import resolve, tiny_copy
+    from tuneloop.models.loading import provenance, resolve, tiny_copy
+    from tuneloop.tracking import RunTracker, cost_metrics, stage_metrics
     from tuneloop.train.stage import StageContext
 
     preflight(recipe, smoke)
@@ -119,13 +132,18 @@ def train_recipe(
                     "resuming with the new one (the old one is kept as recipe.previous.yaml)"
                 )
         recorded.write_text(resolved_yaml(recipe))
+    tracker = tracker if tracker is not None and main else RunTracker.disabled()
+    if main:
+        _begin_tracking(tracker, recipe, recipe_path, run_dir, smoke)
     with state.main_process_first():
         source = resolve(recipe.base_model, recipe_dir, log=say if main and say else (lambda _m: None))
+        base = provenance(recipe.base_model, source) if main else {}
         if smoke:
             source = tiny_copy(source, recipe.base_model, run_dir / "smoke-base", recipe.seed)
+            base["smoke_copy"] = source
     results = []
     for i, stage in enumerate(recipe.stages):
-        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main)
+        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker)
         done_file = ctx.stage_dir(stage) / "stage.json"
         if resume and done_file.exists():
             summary = json.loads(done_file.read_text())
@@ -146,6 +164,9 @@ def train_recipe(
             )
             if main:
                 runs.write_json(done_file, summary)
+        if main:
+            tracker.log_metrics(stage_metrics(summary))
+            tracker.log_artifact(done_file, f"stages/{stage.name}")
         results.append(summary)
         source = summary["model_dir"]
         if stage.peft and i + 1 < len(recipe.stages):
@@ -158,15 +179,48 @@ def train_recipe(
             run_dir / runs.SUMMARY,
             {
                 "recipe": recipe.name,
+                "recipe_path": str(recipe_path.resolve()),
                 "smoke": smoke,
                 "wall_s": wall,
                 "model_dir": str(result.model_dir),
+                "base_model": base,
                 "stages": results,
                 "cost": result.cost,
+                "finished": finished,
             },
         )
+        tracker.log_metrics(cost_metrics(result.cost))
     state.wait_for_everyone()
     return result
+
+
+def _begin_tracking(tracker: RunTracker, recipe: Recipe, recipe_path: Path, run_dir: Path, smoke: bool) -> None:
+    """The run's MLflow/W&B record: resolved recipe as params and artifact, code, packages, hardware."""
+    from tuneloop.tracking import flatten, log_environment
+
+    if not (tracker.enabled or tracker.settings.wandb is not None):
+        return
+    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"defaults"})
+    tags = {
+        "tuneloop.recipe": recipe.name,
+        "tuneloop.recipe_path": str(recipe_path.resolve()),
+        "tuneloop.recipe_sha256": recipe_sha256(recipe),
+        "tuneloop.smoke": str(smoke).lower(),
+        "tuneloop.base_model": recipe.base_model.name,
+    }
+    if recipe.description:
+        tags["mlflow.note.content"] = recipe.description
+    tracker.begin(run_dir, f"{recipe.name}/{run_dir.name}", tags, data)
+    tracker.log_params(flatten(data))
+    tracker.log_artifact(run_dir / "recipe.yaml")
+    log_environment(tracker, recipe_path.parent)
+
+
+def recipe_sha256(recipe: Recipe) -> str:
+    """Hash of the recipe as it ran (defaults merged, overrides applied): equal hashes, equal recipes."""
+    import hashlib
+
+    return hashlib.sha256(resolved_yaml(recipe).encode()).hexdigest()
 
 
 def _merged(adapter_dir: Path, out: Path, state) -> str:

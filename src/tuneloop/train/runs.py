@@ -3,7 +3,8 @@
 <workspace>/runs/<recipe name>/<YYYYmmdd-HHMMSS>[-smoke]/
     recipe.yaml            the recipe as it ran (defaults merged, overrides applied)
     stages/<stage>/        TRL output_dir: checkpoint-N/, model/ (final weights or adapter), stage.json
-    summary.json           written when the run ends
+    summary.json           written when training ends; `finished: false` while evaluation/registration follow
+    tracking.json          the MLflow run id (and W&B run) this directory is recorded as
 """
 
 from __future__ import annotations
@@ -31,16 +32,34 @@ def new_run_dir(recipe_name: str, smoke: bool) -> Path:
 
 
 def latest_unfinished(recipe_name: str, smoke: bool) -> Path | None:
-    """The newest run of this recipe that has no summary yet (crashed, killed or pre-empted)."""
+    """The newest run of this recipe that did not finish (crashed, killed or pre-empted)."""
     base = workspace.runs_dir() / recipe_name
     if not base.is_dir():
         return None
     runs = sorted((d for d in base.iterdir() if d.is_dir() and d.name.endswith("-smoke") == smoke), reverse=True)
     runs = [d for d in runs if not d.name.endswith("-smoke") or smoke]
     for run in runs:
-        if not (run / SUMMARY).exists():
+        if not is_finished(run):
             return run
     return None
+
+
+def is_finished(run: Path) -> bool:
+    """Training, evaluation and registration all done (summaries of older runs carry no `finished` key)."""
+    summary = run / SUMMARY
+    if not summary.is_file():
+        return False
+    try:
+        return json.loads(summary.read_text()).get("finished", True) is not False
+    except ValueError:
+        return False
+
+
+def mark_finished(run: Path) -> None:
+    path = run / SUMMARY
+    summary = json.loads(path.read_text())
+    summary["finished"] = True
+    write_json(path, summary)
 
 
 def last_checkpoint(stage_dir: Path) -> Path | None:

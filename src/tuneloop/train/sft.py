@@ -16,7 +16,7 @@ from tuneloop.eval.callback import build as generation_metrics
 from tuneloop.eval.models import TRAINING_RECORD, training_record
 from tuneloop.models.loading import load_model, load_tokenizer, param_count
 from tuneloop.train.runs import write_json
-from tuneloop.train.stage import SMOKE_ROWS, StageContext, fit, lora_config, trl_args
+from tuneloop.train.stage import SMOKE_ROWS, StageContext, fit, lora_config, track_data, trl_args
 
 
 def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
@@ -30,6 +30,7 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         + (f", {len(data.eval)} eval rows" if data.eval is not None else "")
         + f"  fingerprints {data.fingerprints}"
     )
+    track_data(ctx, stage, data)
     config = trl_args(SFTConfig, stage, ctx, has_eval=data.eval is not None)
     # a smoke run trains a QLoRA stage's adapter in full precision: 4-bit loading needs CUDA
     model = load_model(ctx.model_source, recipe.base_model, qlora=None if ctx.smoke else stage.peft)

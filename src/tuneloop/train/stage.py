@@ -31,6 +31,7 @@ class StageContext:
     resume: bool = False
     is_main: bool = True
     notes: list[str] = field(default_factory=list)
+    tracker: Any = None  # tuneloop.tracking.RunTracker (a disabled one on other ranks)
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.run_dir / "stages" / stage.name
@@ -85,6 +86,21 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
         raise TuneloopError(f"stages.{stage.name}.args: {config_cls.__name__} rejected the arguments: {e}") from e
 
 
+def track_data(ctx: StageContext, stage: Stage, data: Any) -> None:
+    """Each split the stage trains or validates on, as a dataset input whose digest is its fingerprint."""
+    if ctx.tracker is None:
+        return
+    from tuneloop.data.sources import split_source
+
+    spec = ctx.recipe.stage_data(stage)
+    for role, ds, split in (("training", data.train, spec.train_split), ("validation", data.eval, spec.eval_split)):
+        if ds is None or split is None:
+            continue
+        name = f"{spec.source if isinstance(spec.source, str) else 'files'}" + (f"/{spec.task}" if spec.task else "")
+        source = split_source(spec, split, ctx.recipe_dir)
+        ctx.tracker.log_dataset(ds, f"{name}:{split}", data.fingerprints[split], source, f"{stage.name}/{role}")
+
+
 def needs_cuda_optimizer(optim: str) -> bool:
     """8-bit and bitsandbytes optimizers (paged_adamw_8bit, adamw_bnb_8bit, ...) run on CUDA only."""
     return "8bit" in optim or "bnb" in optim
@@ -120,6 +136,9 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     trainer.add_callback(clock)
     for callback in callbacks or []:  # after the clock: their pauses are not training time
         trainer.add_callback(callback)
+    curves = ctx.tracker.callback(stage.name) if ctx.tracker is not None else None
+    if curves is not None:
+        trainer.add_callback(curves)
     checkpoint = runs.last_checkpoint(stage_dir) if ctx.resume else None
     has_eval = trainer.eval_dataset is not None
     # The "before" evaluation must run inside train(): calling trainer.evaluate() first marks the model as

@@ -1,0 +1,213 @@
+"""Tracking: what a run leaves in the real MLflow store (the workspace's SQLite file), failed and resumed runs,
+W&B offline, and the store's first contact from several processes at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+from tuneloop.tracking import evaluation_metrics, flatten, store
+
+runner = CliRunner()
+
+
+def _client():
+    return store.client()
+
+
+def _only_run(experiment: str):
+    c = _client()
+    runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def _run_dir(workspace: Path, recipe: str) -> Path:
+    dirs = sorted((workspace / "runs" / recipe).iterdir())
+    return dirs[-1]
+
+
+def test_default_store_is_sqlite_in_the_workspace(workspace, monkeypatch):
+    assert store.tracking_uri() == f"sqlite:///{workspace / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert store.tracking_uri() == "http://mlflow.example:5000"
+    assert store.registry_uri() == "http://mlflow.example:5000"
+    assert store.artifact_root() is None  # a server decides where artifacts go
+
+
+def test_run_records_recipe_params_curves_datasets_results_environment_and_cost(tiny_recipe, workspace):
+    path = tiny_recipe("tracked", registry=False, generation=True)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "tracked in MLflow: run" in result.output
+    run = _only_run("tracked")
+    c = _client()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["stages.sft.args.learning_rate"] == "0.001"
+    assert run.data.params["evaluation.tasks.ppl.kind"] == "perplexity"
+    losses = c.get_metric_history(run.info.run_id, "train/sft/loss")
+    assert [m.step for m in losses] == [1, 2, 3]
+    metrics = run.data.metrics
+    assert metrics["eval/fine-tuned/ppl/perplexity_ci_low"] < metrics["eval/fine-tuned/ppl/perplexity"]
+    assert metrics["eval/fine-tuned/ppl/perplexity"] < metrics["eval/fine-tuned/ppl/perplexity_ci_high"]
+    assert "compare/fine-tuned-vs-base/ppl/perplexity/p_value" in metrics
+    assert metrics["gate/passed"] == 1.0
+    assert metrics["cost/total/money"] > 0 and metrics["cost/training/flops"] > 0
+    assert metrics["stage/sft/steps"] == 3
+    # datasets: digests are the fingerprints the run printed and stored
+    run_dir = _run_dir(workspace, "tracked")
+    stage = json.loads((run_dir / "stages/sft/stage.json").read_text())
+    inputs = {i.dataset.digest: [t.value for t in i.tags] for i in run.inputs.dataset_inputs}
+    assert inputs[stage["data_fingerprints"]["train"]] == ["sft/training"]
+    assert ["sft/validation"] in inputs.values()
+    results = json.loads((run_dir / "eval/results.json").read_text())
+    test_fp = results["models"][-1]["tasks"]["synopsis"]["data"]["fingerprint"]
+    assert inputs[test_fp][0] == "evaluation/synopsis"
+    tags = run.data.tags
+    assert tags["tuneloop.package.trl"] == "1.16.0"
+    assert int(tags["tuneloop.hardware.cpu_cores"]) >= 1
+    assert "tuneloop.package.commit" in tags  # tuneloop's own checkout
+    assert tags["tuneloop.recipe_sha256"] and tags["tuneloop.gate"] == "passed"
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"recipe.yaml", "eval", "environment", "stages", "summary.json"} <= artifacts
+    evals = {a.path for a in c.list_artifacts(run.info.run_id, "eval")}
+    assert {"eval/results.json", "eval/report.html"} <= evals
+    requirements = c.download_artifacts(run.info.run_id, "environment/requirements.txt", str(run_dir / "dl"))
+    assert "mlflow==" in Path(requirements).read_text()
+    assert json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
+
+
+def test_recipe_in_a_git_checkout_records_commit_and_dirty_flag(tiny_recipe, tmp_path):
+    path = tiny_recipe("gitted", registry=False)
+    git = ["git", "-C", str(tmp_path), "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", path.name], check=True)
+    subprocess.run([*git, "commit", "-qm", "recipe"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    path.write_text(path.read_text() + "\n# edited\n")
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 0, result.output
+    tags = _only_run("gitted").data.tags
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["tuneloop.code.dirty"] == "true"
+
+
+def test_crashed_run_is_failed_with_its_error_and_registers_nothing(tiny_recipe):
+    path = tiny_recipe("crashing")
+    path.write_text(path.read_text().replace("max_length: 512", "max_length: 8"))
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 1
+    run = _only_run("crashing")
+    assert run.info.status == "FAILED"
+    assert "no training rows left after truncation" in run.data.tags["tuneloop.error"]
+    c = _client()
+    assert {a.path for a in c.list_artifacts(run.info.run_id)} >= {"error.txt"}
+    assert c.search_registered_models() == []
+
+
+def test_resume_after_a_crash_in_registration_reopens_the_run_and_registers_once(tiny_recipe, workspace, monkeypatch):
+    from tuneloop.registry import register
+
+    path = tiny_recipe("resumed")
+    real = register.register_run
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("registry went away")
+
+    monkeypatch.setattr(register, "register_run", boom)
+    first = runner.invoke(app, ["run", str(path)])
+    assert first.exit_code != 0
+    crashed = _only_run("resumed")
+    assert crashed.info.status == "FAILED"
+    monkeypatch.setattr(register, "register_run", real)
+    second = runner.invoke(app, ["run", str(path), "--resume"])
+    assert second.exit_code == 0, second.output
+    assert "already finished" in second.output  # stage and evaluation are not redone
+    run = _only_run("resumed")  # the same MLflow run, reopened
+    assert run.info.run_id == crashed.info.run_id and run.info.status == "FINISHED"
+    versions = _client().search_model_versions("name='resumed'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+    assert "registered models:/resumed/1" in second.output
+
+
+def test_wandb_without_credentials_runs_offline_and_says_how_to_sync(tiny_recipe, workspace):
+    path = tiny_recipe("wb", registry=False, tail="tracking: {wandb: {project: tuneloop-tests}}\n")
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "wandb sync" in result.output
+    record = json.loads((_run_dir(workspace, "wb") / "tracking.json").read_text())
+    offline = Path(record["wandb"]["dir"])
+    assert record["wandb"]["mode"] == "offline" and offline.name.startswith("offline-run-")
+    data = next(offline.glob("run-*.wandb")).read_bytes()
+    for key in (b"train/sft/loss", b"eval/fine-tuned/ppl/perplexity", b"cost/total/money"):
+        assert key in data
+
+
+def test_wandb_online_without_a_key_is_refused_before_training(tiny_recipe, workspace):
+    path = tiny_recipe("wbon", registry=False, tail="tracking: {wandb: {mode: online}}\n")
+    result = runner.invoke(app, ["train", str(path)])
+    assert result.exit_code == 1
+    assert "no W&B API key is configured" in result.output
+    assert not (workspace / "runs" / "wbon").exists()
+
+
+def test_tracking_off_and_registry_is_a_recipe_error(write, tiny_model):
+    path = write(
+        "r.yaml",
+        f"""
+name: x
+base_model: {tiny_model}
+data: {{source: debian-descriptions, task: synopsis}}
+stages: [{{name: sft, method: sft}}]
+tracking: {{mlflow: false}}
+registry: {{name: x}}
+""",
+    )
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "`registry` needs MLflow tracking" in result.output
+
+
+def test_eval_is_tracked_as_its_own_run(tiny_recipe, tiny_model):
+    path = tiny_recipe("evaltracked", registry=False)
+    result = runner.invoke(app, ["eval", "-m", str(tiny_model), "--suite", str(path)])
+    assert result.exit_code == 0, result.output
+    run = _only_run("evaltracked")
+    assert run.data.tags["tuneloop.kind"] == "eval"
+    assert run.data.metrics[f"eval/{Path(tiny_model).name}/ppl/perplexity"] > 1
+
+
+def test_first_contact_from_four_processes_at_once_creates_the_store_once(tmp_path):
+    code = (
+        "import sys; from tuneloop.tracking import store; c = store.client(); print(store.experiment_id(c, 'shared'))"
+    )
+    env = {**__import__("os").environ, "TUNELOOP_HOME": str(tmp_path / "fresh")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1].decode()[-500:] for o in outs]
+    assert len({o[0].strip() for o in outs}) == 1  # one experiment, found or created by all four
+
+
+def test_flatten_names_stages_and_tasks_by_name():
+    flat = flatten({"stages": [{"name": "sft", "args": {"lr": 1}}], "gate": [{"metric": "m"}], "tags": ["a", "b"]})
+    assert flat == {"stages.sft.args.lr": 1, "gate.0.metric": "m", "tags": '["a", "b"]'}
+
+
+def test_evaluation_metrics_leave_out_undefined_intervals():
+    results = {
+        "models": [{"label": "fine-tuned", "tasks": {"t": {"metrics": {"bleu": {"value": 3.0, "ci": [None, None]}}}}}],
+        "comparisons": [],
+        "gate": {"passed": False, "rules": []},
+    }
+    got = evaluation_metrics(results)
+    assert got["eval/fine-tuned/t/bleu"] == 3.0 and got["gate/passed"] == 0.0
+    assert got["eval/fine-tuned/t/bleu_ci_low"] is None  # RunTracker.log_metrics drops it
