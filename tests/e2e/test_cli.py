@@ -13,14 +13,12 @@ from tuneloop.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"],
-        ["registry"], ["registry", "list"], ["registry", "show"], ["registry", "lineage"], ["registry", "history"],
-        ["registry", "promote"], ["registry", "rollback"], ["registry", "pull"], ["registry", "register"],
-    ],  # fmt: skip
-)
+VERBS = [[], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"]]
+VERBS += [["registry"]] + [["registry", v] for v in ("list", "show", "lineage", "history", "promote", "rollback")]
+VERBS += [["registry", "pull"], ["registry", "register"]]
+
+
+@pytest.mark.parametrize("argv", VERBS)
 def test_every_verb_has_help(argv):
     result = runner.invoke(app, [*argv, "--help"])
     assert result.exit_code == 0, result.output
