@@ -137,6 +137,7 @@ def tiny_recipe(write, tiny_model):
         generation: bool = False,
         tail: str = "",
         file: str | None = None,
+        merged: bool = False,
     ) -> Path:
         extra = (
             "    - {name: synopsis, split: test, max_rows: 4, metrics: [rougeL, bleu], "
@@ -151,7 +152,7 @@ def tiny_recipe(write, tiny_model):
             gate=gate,
             peft="peft: {type: lora, r: 4, alpha: 8}\n    " if lora else "",
             extra_tasks=extra,
-            tail=(f"registry: {{name: {name}}}\n" if registry else "") + tail,
+            tail=(f"registry: {{name: {name}, merged: {str(merged).lower()}}}\n" if registry else "") + tail,
         )
         return write(file or f"{name}.yaml", text)
 

@@ -166,7 +166,7 @@ def test_promotion_lock_waits_for_its_holder_and_breaks_a_stale_one(tiny_recipe,
 
 def test_registry_uris_work_for_evaluation_and_as_a_base_model_with_lineage(tiny_recipe, tmp_path):
     _run("run", str(tiny_recipe("parent")))
-    child = tiny_recipe("child", model="models:/parent@champion", lora=True, gate="max_drop: 100")
+    child = tiny_recipe("child", model="models:/parent@champion", lora=True, gate="max_drop: 100", merged=True)
     out = _run("run", str(child)).output
     assert "registered models:/child/1" in out
     tags = _version("child", "1").tags
@@ -179,6 +179,7 @@ def test_registry_uris_work_for_evaluation_and_as_a_base_model_with_lineage(tiny
     assert record["adapter_base"] == "models:/parent/1"
     base_path = json.loads((local / "adapter_config.json").read_text())["base_model_name_or_path"]
     assert Path(base_path).is_dir() and "parent" in base_path
+    assert (local / "merged" / "model.safetensors").is_file()  # registry.merged: full weights beside the adapter
     result = _run("eval", "-m", "models:/parent@champion", "-m", "models:/child/1", "--suite", str(child))
     assert "parent@champion" in result.output and "child/1" in result.output
 
