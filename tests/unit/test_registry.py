@@ -158,10 +158,12 @@ def test_promotion_lock_waits_for_its_holder_and_breaks_a_stale_one(tiny_recipe,
     c.create_registered_model("locked")
     held = pytest.raises(TuneloopError, match="another promotion has held the lock")
     with aliases.locked(c, "locked"), held, aliases.locked(c, "locked", timeout_s=0.5):
-        pass
+        pytest.fail("a second holder got the lock while the first held it")
     monkeypatch.setattr(aliases, "STALE_S", 0)
     with aliases.locked(c, "locked"), aliases.locked(c, "locked", timeout_s=5):  # holder "died": broken
-        pass
+        holder = c.get_registered_model("locked.tuneloop-lock").tags["tuneloop.lock.holder"]
+        assert f"pid {__import__('os').getpid()}" in holder
+    assert not any(m.name.endswith(".tuneloop-lock") for m in c.search_registered_models())
 
 
 def test_registry_uris_work_for_evaluation_and_as_a_base_model_with_lineage(tiny_recipe, tmp_path):

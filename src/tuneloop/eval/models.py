@@ -99,12 +99,9 @@ def merged_dir(model: EvalModel) -> str:
     """A full checkpoint for engines that want one (vLLM): adapters are merged once and kept beside them."""
     if not model.adapter:
         return model.path
-    out = Path(model.path) / "merged"
-    if not (out / "config.json").is_file():
-        lm, tok = load_for_eval(model)
-        lm.save_pretrained(out)
-        tok.save_pretrained(out)
-    return str(out)
+    from tuneloop.models.loading import merge_adapter
+
+    return str(merge_adapter(Path(model.path), Path(model.path) / "merged"))
 
 
 def _dtype():

@@ -160,6 +160,24 @@ def tiny_copy(source: str, ref: ModelRef, out: Path, seed: int) -> str:
     return str(out)
 
 
+def merge_adapter(adapter_dir: Path, out: Path) -> Path:
+    """Fold a LoRA adapter into its base and save full weights with the tokenizer (and the training record, so
+    the chat-template guard still applies); done once: an existing merge is reused."""
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    if (out / "config.json").is_file():
+        return out
+    AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload().save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    record = adapter_dir / "tuneloop-train.json"
+    if record.is_file():
+        shutil.copy2(record, out / record.name)
+    return out
+
+
 def param_count(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     # under ZeRO-3 a sharded parameter has numel() == 0; DeepSpeed keeps the real size in ds_numel

@@ -140,7 +140,7 @@ def locked(c: Any, name: str, timeout_s: float = 300) -> Iterator[None]:
             store.retry(lambda tags=tags, note=note: c.create_registered_model(lock, tags=tags, description=note))
             break
         except Exception as e:
-            if "RESOURCE_ALREADY_EXISTS" not in str(getattr(e, "error_code", "")) and "already exists" not in str(e):
+            if not store.already_exists(e):
                 raise
             _break_if_stale(c, lock)
             if time.monotonic() > deadline:

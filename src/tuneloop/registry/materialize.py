@@ -50,7 +50,7 @@ def registered_model(c: Any, name: str) -> Any:
     try:
         return c.get_registered_model(name)
     except Exception as e:
-        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) and "not found" not in str(e).lower():
+        if not store.not_found(e):
             raise TuneloopError(f"cannot read registered model {name!r} from {store.registry_uri()}: {e}") from e
         from tuneloop.config.trainer_fields import closest
 
@@ -146,9 +146,9 @@ def full_model(path: Path) -> Path:
     made once beside it (training starts from full weights; LoRA stages add their own adapter)."""
     if not (path / "adapter_config.json").is_file():
         return path
-    from tuneloop.eval.models import EvalModel, merged_dir
+    from tuneloop.models.loading import merge_adapter
 
-    return Path(merged_dir(EvalModel(str(path), str(path), True, None)))
+    return merge_adapter(path, path / "merged")
 
 
 def registered_from(path: str | Path) -> dict[str, Any] | None:

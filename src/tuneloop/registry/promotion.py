@@ -71,8 +71,6 @@ def promote(
                          detail="forced: gate not evaluated")  # fmt: skip
             _clear_challenger(c, name, version)
         return Decision(name, version, True, before, f"forced by {aliases.who()}: {reason}", forced=True)
-    if suite is None or rules is None:
-        suite, rules = recorded_suite(name, version, suite, rules)
     evaluated: list[str] = []
     gate_state = own_gate or (mv.tags or {}).get("tuneloop.gate", "none")
     detail = (mv.tags or {}).get("tuneloop.gate.detail", "")
@@ -93,6 +91,8 @@ def promote(
         if champion is None:
             why = f"first champion: passed its gate against its baseline ({detail})"
         else:
+            if suite is None or rules is None:  # only a comparison needs them (downloads the recipe)
+                suite, rules = recorded_suite(name, version, suite, rules)
             if not rules:
                 return Decision(name, version, False, champion, "not promoted: the recipe has no gate to judge it by")
             verdict, report, evaluated = judge(name, version, champion, suite, rules, backend, say)
@@ -254,23 +254,29 @@ def _cached_results(name: str, version: str) -> list[Path]:
 
 
 def _registered_eval(name: str, version: str) -> Path | None:
-    """The version's registered eval/results.json, fetched alone (not the weights) when not materialized yet."""
-    local = cache_dir(name, version)
-    if (local / "eval" / "results.json").is_file():
-        return local / "eval" / "results.json"
-    meta = local.parent / f"{local.name}.meta"
-    if not (meta / "eval" / "results.json").is_file():
-        mv = get_version(f"models:/{name}/{version}")
-        try:
-            import mlflow.artifacts
+    """The version's registered eval/results.json (None when it was registered without evaluation)."""
+    folder = _version_file(name, version, "eval")
+    return folder / "results.json" if folder is not None and (folder / "results.json").is_file() else None
 
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{mv.source}/eval", dst_path=str(meta), tracking_uri=store.tracking_uri()
-            )
-        except Exception:
-            return None  # registered without evaluation results
-    found = meta / "eval" / "results.json"
-    return found if found.is_file() else None
+
+def _version_file(name: str, version: str, relpath: str) -> Path | None:
+    """One file or folder of a registered version: from its materialized copy, else fetched alone (not the
+    weights) into `<version>.meta/`; None when the version has no such artifact."""
+    local = cache_dir(name, version)
+    for root in (local, local.parent / f"{local.name}.meta"):
+        if (root / relpath).exists():
+            return root / relpath
+    mv = get_version(f"models:/{name}/{version}")
+    meta = local.parent / f"{local.name}.meta"
+    try:
+        import mlflow.artifacts
+
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"{mv.source}/{relpath}", dst_path=str(meta), tracking_uri=store.tracking_uri()
+        )
+    except Exception:
+        return None
+    return meta / relpath if (meta / relpath).exists() else None
 
 
 def _restrict(run: ModelRun, tasks: set[str]) -> ModelRun:
@@ -308,26 +314,19 @@ def recorded_suite(
     from tuneloop.eval.suite import from_recipe
 
     mv = get_version(f"models:/{name}/{version}")
-    local = cache_dir(name, version)
-    recipe_file = local / "recipe.yaml"
-    if not recipe_file.is_file():
-        meta = local.parent / f"{local.name}.meta"
-        recipe_file = meta / "recipe.yaml"
-        if not recipe_file.is_file():
-            import mlflow.artifacts
-
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=f"{mv.source}/recipe.yaml", dst_path=str(meta), tracking_uri=store.tracking_uri()
-            )
-    original = Path((mv.tags or {}).get("tuneloop.recipe_path", ""))
-    base_dir = original.parent if original.parent.is_dir() and str(original) else Path.cwd()
+    recipe_file = _version_file(name, version, "recipe.yaml")
+    if recipe_file is None:
+        raise TuneloopError(f"{name}/{version} has no registered recipe.yaml; give --suite to judge it by")
+    recorded = (mv.tags or {}).get("tuneloop.recipe_path")
+    original = Path(recorded) if recorded else recipe_file
+    base_dir = original.parent if original.parent.is_dir() else Path.cwd()
     recipe = load_recipe(recipe_file, base_dir=base_dir)
     if suite is None:
         if recipe.evaluation is None:
             raise TuneloopError(
                 f"{name}/{version} was trained by a recipe without `evaluation:`; give --suite to judge it by"
             )
-        suite = from_recipe(recipe, original if str(original) else recipe_file, base_dir=base_dir)
+        suite = from_recipe(recipe, original, base_dir=base_dir)
     if rules is None:
         rules = recipe.promotion_gate() or list(suite.gate or [])
     return suite, rules

@@ -91,7 +91,7 @@ def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> 
     """`tuneloop registry register RUN_DIR`: a run trained by `tuneloop train` (or on a cluster) and evaluated
     afterwards, registered as `tuneloop run` would have; its MLflow run is reopened (or created) for it."""
     from tuneloop.config.loader import load_recipe
-    from tuneloop.train import recipe_sha256, runs
+    from tuneloop.train import begin_tracking, runs
 
     run_dir = run_dir.resolve()
     summary_file = run_dir / runs.SUMMARY
@@ -104,17 +104,15 @@ def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> 
         raise TuneloopError(f"{run_dir}: its recipe has no `registry:` section (registry.name is the model's name)")
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, "registration", say)
     tracker.preflight()
-    tags = {"tuneloop.recipe": recipe.name, "tuneloop.recipe_path": str(original),
-            "tuneloop.recipe_sha256": recipe_sha256(recipe)}  # fmt: skip
-    tracker.begin(run_dir, f"{recipe.name}/{run_dir.name}", tags)
-    if (run_dir / "eval").is_dir():
+    smoke = bool(summary.get("smoke"))
+    begin_tracking(tracker, recipe, original, run_dir, smoke)
+    results = run_dir / "eval" / "results.json"
+    if results.is_file():
         from tuneloop.tracking import evaluation_metrics
 
-        results = run_dir / "eval" / "results.json"
-        if results.is_file():
-            tracker.log_metrics(evaluation_metrics(json.loads(results.read_text())))
+        tracker.log_metrics(evaluation_metrics(json.loads(results.read_text())))
     try:
-        reg = register_run(run_dir, recipe, tracker, smoke=bool(summary.get("smoke")), say=say)
+        reg = register_run(run_dir, recipe, tracker, smoke=smoke, say=say)
     except BaseException as e:
         tracker.finish("FAILED", e)
         raise
@@ -123,19 +121,15 @@ def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> 
 
 
 def _ensure_model(c: Any, name: str, recipe: Recipe) -> None:
-    try:
-        c.get_registered_model(name)
-        return
-    except Exception:
-        pass
+    """Create the registered model unless it exists (maybe created by another run at this very moment)."""
     try:
         store.retry(
             lambda: c.create_registered_model(
                 name, tags={"tuneloop.recipe": recipe.name}, description=recipe.description or None
             )
         )
-    except Exception as e:  # another process created it at the same moment
-        if "already exists" not in str(e) and "RESOURCE_ALREADY_EXISTS" not in str(getattr(e, "error_code", "")):
+    except Exception as e:
+        if not store.already_exists(e):
             raise
 
 
@@ -150,6 +144,7 @@ def _stage(
 ) -> dict[str, Any]:
     """Lay out the version's files in `out`; returns the model record (also written as tuneloop-model.json)."""
     from tuneloop.eval.models import weights_sha256
+    from tuneloop.models.loading import merge_adapter
 
     model_dir = Path(summary["model_dir"])
     base = summary.get("base_model") or {}
@@ -161,13 +156,13 @@ def _stage(
             # the adapter's base exists only in this run (a smoke model, or the merge between two stages):
             # register the merged weights, which stand alone anywhere
             say("the adapter's base lives only in this run directory: registering the merged full weights")
-            _merge(model_dir, out)
+            merge_adapter(model_dir, out)
         else:
             kind = "adapter"
             adapter_base = _portable_base(base, trained_on)
             _copy_files(model_dir, out)
             if recipe.registry is not None and recipe.registry.merged:
-                _merge(model_dir, out / "merged")
+                merge_adapter(model_dir, out / "merged")
     else:
         _copy_files(model_dir, out)
     if results is not None:
@@ -217,18 +212,6 @@ def _copy_files(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.name not in SKIP_FILES:
             shutil.copy2(f, dst / f.name)
-
-
-def _merge(adapter_dir: Path, out: Path) -> None:
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
-
-    out.mkdir(parents=True, exist_ok=True)
-    AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload().save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
-    for extra in ("tuneloop-train.json",):
-        if (adapter_dir / extra).is_file():
-            shutil.copy2(adapter_dir / extra, out / extra)
 
 
 def _size(path: Path) -> str:

@@ -3,6 +3,7 @@ a number can be reproduced months later, or explained when it cannot."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
@@ -92,11 +93,9 @@ def hardware() -> dict[str, str]:
         "cpu": _cpu_model(),
         "cpu_cores": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
     }
-    try:
+    with contextlib.suppress(ValueError, OSError, AttributeError):  # no sysconf (not POSIX): memory unknown
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
         info["memory_gib"] = f"{pages * size / 2**30:.1f}"
-    except (ValueError, OSError, AttributeError):
-        pass
     import torch
 
     if torch.cuda.is_available():
@@ -110,10 +109,9 @@ def hardware() -> dict[str, str]:
 
 
 def _cpu_model() -> str:
-    try:
+    """The model name Linux reports; elsewhere (no /proc) what the platform module knows."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or platform.machine()

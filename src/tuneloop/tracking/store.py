@@ -107,6 +107,15 @@ def retry(call: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+def already_exists(error: Exception) -> bool:
+    """MLflow's answer to creating a name that is taken (REST and SQL stores word it differently)."""
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(error, "error_code", "")) or "already exists" in str(error)
+
+
+def not_found(error: Exception) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(error, "error_code", "")) or "not found" in str(error).lower()
+
+
 def experiment_id(c: Any, name: str) -> str:
     """The experiment's id, creating it (with the workspace's artifact root for a local store) if needed."""
     found = c.get_experiment_by_name(name)

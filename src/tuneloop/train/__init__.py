@@ -134,7 +134,7 @@ def train_recipe(
         recorded.write_text(resolved_yaml(recipe))
     tracker = tracker if tracker is not None and main else RunTracker.disabled()
     if main:
-        _begin_tracking(tracker, recipe, recipe_path, run_dir, smoke)
+        begin_tracking(tracker, recipe, recipe_path, run_dir, smoke)
     with state.main_process_first():
         source = resolve(recipe.base_model, recipe_dir, log=say if main and say else (lambda _m: None))
         base = provenance(recipe.base_model, source) if main else {}
@@ -194,8 +194,9 @@ def train_recipe(
     return result
 
 
-def _begin_tracking(tracker: RunTracker, recipe: Recipe, recipe_path: Path, run_dir: Path, smoke: bool) -> None:
-    """The run's MLflow/W&B record: resolved recipe as params and artifact, code, packages, hardware."""
+def begin_tracking(tracker: RunTracker, recipe: Recipe, recipe_path: Path, run_dir: Path, smoke: bool) -> None:
+    """The run's MLflow/W&B record (new, or reopened from `tracking.json`): resolved recipe as params and
+    artifact, code, packages, hardware. Also what `tuneloop registry register RUN_DIR` opens the run with."""
     from tuneloop.tracking import flatten, log_environment
 
     if not (tracker.enabled or tracker.settings.wandb is not None):
@@ -225,13 +226,9 @@ def recipe_sha256(recipe: Recipe) -> str:
 
 def _merged(adapter_dir: Path, out: Path, state) -> str:
     """Fold a LoRA adapter into its base so the next stage trains a plain model."""
-    if state.is_main_process and not (out / "config.json").exists():
-        from peft import AutoPeftModelForCausalLM
+    if state.is_main_process:
+        from tuneloop.models.loading import merge_adapter
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir))
-        model.merge_and_unload().save_pretrained(str(out))
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+        merge_adapter(adapter_dir, out)
     state.wait_for_everyone()
     return str(out)
