@@ -63,10 +63,8 @@ class Endpoint:
     home: Path
 
     def state(self) -> dict:
-        return json.loads(next((self.home / "serve").glob("*/serve.json")).read_text()) if self._one() else {}
-
-    def _one(self) -> bool:
-        return len(list((self.home / "serve").glob("*/serve.json"))) >= 1
+        """This endpoint's serve.json (its directory ends with the serve process's pid; others share the home)."""
+        return json.loads(next((self.home / "serve").glob(f"*-{self.proc.pid}/serve.json")).read_text())
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
