@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -174,11 +175,9 @@ def start_endpoint(
             raise SystemExit(f"tuneloop serve exited:\n{(home / 'serve.log').read_text()[-3000:]}")
         if states:
             state = json.loads(states[0].read_text())
-            try:
+            with contextlib.suppress(OSError):  # not listening yet
                 if urllib.request.urlopen(f"{state['url']}/health", timeout=2).status == 200:
                     return proc, state, key
-            except OSError:
-                pass
         time.sleep(1)
     raise SystemExit("tuneloop serve did not become healthy in 900 s")
 

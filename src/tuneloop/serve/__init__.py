@@ -188,8 +188,14 @@ def _token_counter() -> Callable[[dict[str, Any]], tuple[int | None, int | None]
 
         path = record["tokenizer"]
         if path not in tokenizers:
-            tokenizers[path] = AutoTokenizer.from_pretrained(path)
+            try:
+                tokenizers[path] = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError) as e:  # tried once: rows keep empty counts instead of reloading each time
+                print(f"warning: request log: no tokenizer at {path} to count streamed tokens: {e}", flush=True)
+                tokenizers[path] = None
         tok = tokenizers[path]
+        if tok is None:
+            return None, None
         body = record["body"]
         if isinstance(body.get("messages"), list):
             ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True)

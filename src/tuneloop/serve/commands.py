@@ -149,7 +149,7 @@ def keys_revoke(
     from tuneloop.serve.store import revoke_key
 
     try:
-        key = revoke_key(key_id.removeprefix("tlk_") if key_id.count("_") == 1 else key_id)
+        key = revoke_key(key_id)
     except TuneloopError as e:
         _fail(str(e), 1, e)
         return

@@ -253,12 +253,10 @@ class Engine:
                         f"the {self.kind} engine exited with code {self.returncode} while starting; last lines of "
                         f"{self.log_path}:\n{self.tail()}"
                     )
-                try:
+                with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):  # not listening yet
                     async with session.get(f"{self.url}/health") as r:
                         if r.status == 200:
                             return
-                except (aiohttp.ClientError, TimeoutError, OSError):
-                    pass
                 now = time.monotonic()
                 if now > deadline:
                     self.stop()

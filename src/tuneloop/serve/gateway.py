@@ -153,12 +153,10 @@ class Gateway:
     async def prometheus(self, _request: Request) -> Response:
         text = generate_latest(self.metrics.registry)
         if self.engine.kind == "vllm" and self.engine.alive() and self.session is not None:
-            try:
+            with contextlib.suppress(aiohttp.ClientError):  # the gateway's own metrics still answer
                 async with self.session.get(f"{self.engine.url}/metrics") as r:
                     if r.status == 200:
                         text += await r.read()
-            except aiohttp.ClientError:
-                pass
         return Response(text, media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> Response:
@@ -177,7 +175,7 @@ class Gateway:
                     if m.get("parent") is not None:
                         m["parent"] = None
                 return JSONResponse(data)
-            except (aiohttp.ClientError, ValueError):
+            except (aiohttp.ClientError, ValueError):  # engine busy or gone: the names are known here too
                 pass
         now = int(time.time())
         return JSONResponse({"object": "list", "data": [

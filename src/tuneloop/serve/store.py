@@ -114,7 +114,9 @@ def revoke_key(key_id: str) -> Key:
     """Revoke by id (the `tlk_<id>_` part, or the whole key); gateways stop accepting it within seconds."""
     from tuneloop import db
 
-    key_id = parse_key(key_id)[0] if key_id.startswith(f"{PREFIX}_") else key_id
+    if key_id.count("_") >= 2:
+        key_id = parse_key(key_id)[0]  # the whole key
+    key_id = key_id.removeprefix(f"{PREFIX}_")
     with db.engine().begin() as conn:
         row = conn.execute(select(api_keys).where(api_keys.c.id == key_id)).mappings().first()
         if row is None:
@@ -237,8 +239,8 @@ class RequestLog:
             try:
                 prompt_tokens, completion_tokens = self._count({**r, "output": output})
                 source = "gateway"
-            except Exception:  # counting is a courtesy; the record is written regardless
-                pass
+            except Exception:  # a body the chat template rejects: the row is written, its counts left empty
+                source = None
         body = r.pop("body")
         r.pop("tokenizer", None)
         return {
