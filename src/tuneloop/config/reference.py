@@ -32,6 +32,8 @@ with a dotted path, stages addressed by name: `--set stages.sft.args.learning_ra
 
 def _type_name(ann: Any) -> str:
     origin = typing.get_origin(ann)
+    if origin is typing.Annotated:  # a discriminated union (prepare steps): name its members
+        return _type_name(typing.get_args(ann)[0])
     if origin in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(ann))
     if origin is typing.Literal:

@@ -94,6 +94,11 @@ class Data(Section):
         description="Column mapping into TRL's formats. Built-in tasks bring their own; without one, rows "
         "must already have `messages`, `prompt`/`completion`, or `text` columns.",
     )
+    prepare: list[Step] = Field(
+        default_factory=list,
+        description="Ordered preparation steps (`dedup`, `filter`, `decontaminate`, `mix`, `sample`, `split`), "
+        "run before formatting and cached by fingerprint; see docs/data.md.",
+    )
 
 
 class Peft(Section):
@@ -200,7 +205,31 @@ class Recipe(Section):
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
         if self.registry is not None and not self.tracking.mlflow:
             raise ValueError("`registry` needs MLflow tracking: remove `tracking.mlflow: false` or the registry")
+        self._fill_decontamination()
         return self
+
+    def _fill_decontamination(self) -> None:
+        """`decontaminate` without `against` compares with what this recipe evaluates on: the data's eval split
+        and every evaluation task's rows. Filled in here so the resolved recipe says exactly what was used."""
+        from tuneloop.config.prepare import Against, Decontaminate, Filter
+
+        sections = [d for d in [self.data, *(s.data for s in self.stages)] if d is not None]
+        for data in sections:
+            for step in data.prepare:
+                counts_tokens = isinstance(step, Filter) and (step.min_tokens, step.max_tokens) != (None, None)
+                if counts_tokens and step.tokenizer is None:
+                    step.tokenizer = self.base_model.name
+                if not isinstance(step, Decontaminate) or step.against is not None:
+                    continue
+                against: list[Against] = []
+                if data.eval_split:
+                    against.append(Against(split=data.eval_split))
+                for task in self.evaluation.tasks if self.evaluation else []:
+                    other = task.data if task.data is not None and task.data != data else None
+                    ref = Against(split=task.split, data=other)
+                    if ref not in against:
+                        against.append(ref)
+                step.against = against
 
     def promotion_gate(self) -> list[GateRule]:
         """The rules a version must pass against the champion: `registry.gate`, else the evaluation's gate."""
@@ -219,7 +248,9 @@ class Recipe(Section):
 
 from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
+from tuneloop.config.prepare import Step  # noqa: E402
 
+Data.model_rebuild()
 Recipe.model_rebuild()
 
 

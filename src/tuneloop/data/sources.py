@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ class PreparedData:
     eval: Dataset | None
     fingerprints: dict[str, str]
     description: str
+    prepare: dict[str, Any] | None = None  # fingerprint and per-step counts of `data.prepare`, when it has steps
 
 
 def source_kind(source: str | dict[str, str], base_dir: Path) -> str:
@@ -99,6 +101,76 @@ def columns_of(path: Path) -> list[str]:
     return list(first) if isinstance(first, dict) else []
 
 
+def text_columns(spec: Data, columns: list[str]) -> list[str]:
+    """The columns that hold a row's input text: the prompt template's fields, else `prompt`, `messages`, `text`.
+
+    Deduplication, decontamination and text filters compare inputs: a test prompt seen in training is what
+    inflates scores, whatever the targets are."""
+    fmt = effective_format(spec)
+    if fmt is not None and fmt.prompt:
+        from tuneloop.config.schema import template_fields
+
+        return [c for c in dict.fromkeys(template_fields(fmt.prompt)) if c in columns]
+    if fmt is not None and fmt.messages:
+        return [fmt.messages] if fmt.messages in columns else []
+    return [c for c in ("prompt", "messages", "text") if c in columns][:1]
+
+
+def row_text(row: dict[str, Any], columns: list[str]) -> str:
+    """One string per row from its text columns; chat turns contribute the user's messages."""
+    parts = []
+    for col in columns:
+        value = row.get(col)
+        if isinstance(value, list):
+            parts += [str(t.get("content", "")) for t in value if isinstance(t, dict) and t.get("role") == "user"]
+        elif value is not None:
+            parts.append(str(value))
+    return "\n".join(parts)
+
+
+def raw_splits(spec: Data, base_dir: Path, cap: int | None = None) -> dict[str, Dataset]:
+    """Every split of a source, unformatted (a built-in task keeps only rows with one of its labels)."""
+    from datasets import load_dataset
+
+    kind = source_kind(spec.source, base_dir)
+    if kind == "hub":
+        loaded = load_dataset(str(spec.source), spec.subset, revision=spec.revision)
+        out = dict(loaded.items())
+    else:
+        files = (
+            {s: builtin.split_file(str(spec.source), s) for s in builtin.info(str(spec.source))["splits"]}
+            if kind == "builtin"
+            else local_splits(spec.source, base_dir)
+        )
+        out = {s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train") for s, p in files.items()}
+        if kind == "builtin" and spec.task:
+            task = builtin.task(str(spec.source), spec.task)
+            if task.labels:
+                keep = set(task.labels)
+                out = {s: ds.filter(lambda row, t=task.target: row[t] in keep) for s, ds in out.items()}
+    if cap:
+        out = {s: ds.select(range(min(cap, len(ds)))) for s, ds in out.items()}
+    return out
+
+
+def source_fingerprint(spec: Data, base_dir: Path) -> str:
+    """What the raw rows are, cheaply: file digests for local and built-in data, hub id + revision + the
+    datasets cache fingerprint for hub data. Feeds the cache key of prepared data."""
+    kind = source_kind(spec.source, base_dir)
+    h = hashlib.sha256(f"{kind}|{spec.source}|{spec.task}|{spec.subset}|{spec.revision}".encode())
+    if kind == "builtin":
+        h.update(json.dumps(builtin.info(str(spec.source)).get("sha256", {}), sort_keys=True).encode())
+    elif kind == "files":
+        for split, path in sorted(local_splits(spec.source, base_dir).items()):
+            h.update(split.encode())
+            with path.open("rb") as f:
+                h.update(hashlib.file_digest(f, "sha256").digest())
+    else:
+        for split, ds in sorted(raw_splits(spec, base_dir).items()):
+            h.update(f"{split}:{ds._fingerprint}".encode())
+    return h.hexdigest()[:16]
+
+
 def effective_format(spec: Data) -> Format | None:
     if spec.format is not None:
         return spec.format
@@ -107,17 +179,34 @@ def effective_format(spec: Data) -> Format | None:
     return None
 
 
-def load_data(spec: Data, base_dir: Path, limit: int | None = None) -> PreparedData:
-    """Load, format and fingerprint the train and eval splits of `spec`.
+def load_data(
+    spec: Data,
+    base_dir: Path,
+    limit: int | None = None,
+    *,
+    smoke: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> PreparedData:
+    """Load, prepare, format and fingerprint the train and eval splits of `spec`.
 
     Rows keep their order (the first N for `max_*_rows`); the trainer shuffles with the recipe's seed.
-    `limit` caps both splits further (smoke runs use a handful of rows).
+    `limit` caps both splits further (smoke runs use a handful of rows); a smoke run prepares only the first
+    SMOKE_PREPARE_ROWS rows of each split, so `data.prepare` is exercised in seconds.
     """
     kind = source_kind(spec.source, base_dir)
     wanted = {"train": spec.train_split}
     if spec.eval_split:
         wanted["eval"] = spec.eval_split
-    raw = _load_raw(spec, kind, base_dir, wanted)
+    prepared = None
+    if spec.prepare:
+        from tuneloop.data.prepare import SMOKE_PREPARE_ROWS, prepare
+
+        prepared = prepare(spec, base_dir, cap=SMOKE_PREPARE_ROWS if smoke else None, say=say)
+        if "eval" in wanted and wanted["eval"] not in prepared.splits and "eval_split" not in spec.model_fields_set:
+            del wanted["eval"]
+        raw = {role: prepared.splits[split] for role, split in wanted.items()}
+    else:
+        raw = _load_raw(spec, kind, base_dir, wanted)
     fmt = effective_format(spec)
     out: dict[str, Dataset] = {}
     fingerprints = {}
@@ -130,7 +219,8 @@ def load_data(spec: Data, base_dir: Path, limit: int | None = None) -> PreparedD
         out[role] = ds
         fingerprints[wanted[role]] = fingerprint(ds)
     what = f"{spec.source}" + (f" ({spec.task})" if spec.task else "")
-    return PreparedData(out["train"], out.get("eval"), fingerprints, what)
+    record = {"fingerprint": prepared.fingerprint, "steps": prepared.steps} if prepared else None
+    return PreparedData(out["train"], out.get("eval"), fingerprints, what, record)
 
 
 def _load_raw(spec: Data, kind: str, base_dir: Path, wanted: dict[str, str]) -> dict[str, Dataset]:

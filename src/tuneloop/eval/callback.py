@@ -58,7 +58,9 @@ def build(trainer: Any, recipe: Recipe, tokenizer: Any, base_dir: Path, smoke: b
     tasks = [t for t in ev.tasks if (t.name == during.task if during.task else True)]
     rows = None
     for task in tasks:
-        candidate = load_task(task.model_copy(update={"max_rows": 4 if smoke else during.rows}), recipe.data, base_dir)
+        candidate = load_task(
+            task.model_copy(update={"max_rows": 4 if smoke else during.rows}), recipe.data, base_dir, smoke
+        )
         if candidate.kind == "generation":
             rows = candidate
             break

@@ -33,6 +33,7 @@ class Suite:
     gate: list[GateRule] | None = None
     baseline: str | None = None
     cost: Cost | None = None  # a recipe's pricing; suites alone use the detected device
+    smoke: bool = False  # prepared data is built from the first rows only, as in the smoke run's training
 
 
 SMOKE_EVAL_ROWS = 4
@@ -66,6 +67,7 @@ def from_recipe(recipe: Any, recipe_path: Path, *, smoke: bool = False, base_dir
         ev.gate,
         ev.baseline,
         recipe.cost,
+        smoke,
     )
 
 
@@ -104,7 +106,7 @@ def run_suite(
     for t in suite.tasks:
         if max_rows:
             t = t.model_copy(update={"max_rows": min(t.max_rows or max_rows, max_rows)})
-        rows = load_task(t, suite.default_data, suite.base_dir)
+        rows = load_task(t, suite.default_data, suite.base_dir, suite.smoke)
         say(f"task {t.name} ({rows.kind}): {len(rows.prompts)} rows of {rows.data['source']} {t.split}")
         tasks.append(rows)
     runs = []

@@ -28,7 +28,7 @@ class TaskRows:
     data: dict[str, Any]  # source, task, split, rows, fingerprint: what the numbers were computed on
 
 
-def load_task(task: EvalTask, default_data: Data | None, base_dir: Path) -> TaskRows:
+def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: bool = False) -> TaskRows:
     data = task.data or default_data
     if data is None:
         raise TuneloopError(f"task {task.name}: no data (give the task a `data:` section)")
@@ -37,7 +37,7 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path) -> Task
         builtin_task = builtin.task(str(data.source), data.task)
     kind = task.resolved_kind(builtin_task.kind if builtin_task else None)
     spec = data.model_copy(update={"train_split": task.split, "eval_split": None, "max_train_rows": None})
-    prepared = load_data(spec, base_dir, limit=task.max_rows)
+    prepared = load_data(spec, base_dir, limit=task.max_rows, smoke=smoke)
     rows = prepared.train
     prompts: list[Prompt] = []
     references: list[list[str]] = []

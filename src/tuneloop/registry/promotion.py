@@ -166,7 +166,7 @@ def judge(
     from tuneloop.eval.suite import progress_bars
     from tuneloop.eval.tasks import load_task
 
-    tasks = [load_task(t, suite.default_data, suite.base_dir) for t in suite.tasks]
+    tasks = [load_task(t, suite.default_data, suite.base_dir, suite.smoke) for t in suite.tasks]
     backend = backend or suite.backend
     runs, evaluated = [], []
     for v, label in ((champion, f"v{champion} (champion)"), (version, f"v{version}")):

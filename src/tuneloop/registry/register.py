@@ -256,6 +256,8 @@ def lineage_tags(
     for s in summary.get("stages", []):
         for split, fp in (s.get("data_fingerprints") or {}).items():
             tags[f"tuneloop.data.{s['stage']}.{split}"] = fp
+        if s.get("data_prepare"):
+            tags[f"tuneloop.data.{s['stage']}.prepare"] = s["data_prepare"]["fingerprint"]
     cost = (summary.get("cost") or {}).get("total") or (summary.get("cost") or {}).get("training") or {}
     if cost:
         keep = ("money", "currency", "device_hours", "flops", "tokens")

@@ -24,7 +24,9 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
 
     recipe = ctx.recipe
     tokenizer = load_tokenizer(ctx.model_source, recipe.base_model, ctx.recipe_dir)
-    data = load_data(recipe.stage_data(stage), ctx.recipe_dir, limit=SMOKE_ROWS if ctx.smoke else None)
+    data = load_data(
+        recipe.stage_data(stage), ctx.recipe_dir, limit=SMOKE_ROWS if ctx.smoke else None, smoke=ctx.smoke, say=ctx.say
+    )
     ctx.say(
         f"data: {data.description}: {len(data.train)} train rows"
         + (f", {len(data.eval)} eval rows" if data.eval is not None else "")
@@ -57,6 +59,8 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         )
         write_json(Path(summary["model_dir"]) / TRAINING_RECORD, record)
     summary["data_fingerprints"] = data.fingerprints
+    if data.prepare:
+        summary["data_prepare"] = data.prepare
     summary["parameters"] = {"total": total, "trainable": trainable}
     return summary
 

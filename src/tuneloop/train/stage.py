@@ -99,6 +99,11 @@ def track_data(ctx: StageContext, stage: Stage, data: Any) -> None:
         name = f"{spec.source if isinstance(spec.source, str) else 'files'}" + (f"/{spec.task}" if spec.task else "")
         source = split_source(spec, split, ctx.recipe_dir)
         ctx.tracker.log_dataset(ds, f"{name}:{split}", data.fingerprints[split], source, f"{stage.name}/{role}")
+    if data.prepare:
+        import json
+
+        ctx.tracker.set_tags({f"tuneloop.data.{stage.name}.prepare": data.prepare["fingerprint"]})
+        ctx.tracker.log_text(json.dumps(data.prepare, indent=2), f"data/{stage.name}-prepare.json")
 
 
 def needs_cuda_optimizer(optim: str) -> bool:
