@@ -246,6 +246,7 @@ def test_filter_by_tokens_language_and_function(write, files, tiny_model, tmp_pa
             "does not exist",
         ),
         ("    - {step: split, fractions: {train: 0.5}}\n", 7, "data.prepare[0].fractions", "shares sum to 0.5"),
+        ("    - {step: split, fractions: {a: 0.5, b: 0.5}}\n", 3, "data.train_split", "no split 'train' after the"),
         (
             "    - {step: dedup, treshold: 0.5}\n",
             7,

@@ -298,6 +298,13 @@ def _check_prepare(
                 spec = None
             if spec is None:
                 found.append(((*here, "function"), f"cannot find module {module!r} (is it importable from here?)"))
+    if known is not None and any(isinstance(s, Split) for s in data.prepare):
+        wanted = [("train_split", data.train_split)]
+        if "eval_split" in data.model_fields_set and data.eval_split:
+            wanted.append(("eval_split", data.eval_split))
+        for key, name in wanted:
+            if name not in known:
+                found.append(((*loc, key), f"no split {name!r} after the prepare steps; splits: {', '.join(known)}"))
     return found
 
 

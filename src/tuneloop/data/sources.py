@@ -128,21 +128,25 @@ def row_text(row: dict[str, Any], columns: list[str]) -> str:
     return "\n".join(parts)
 
 
-def raw_splits(spec: Data, base_dir: Path, cap: int | None = None) -> dict[str, Dataset]:
-    """Every split of a source, unformatted (a built-in task keeps only rows with one of its labels)."""
+def _split_files(spec: Data, kind: str, base_dir: Path) -> dict[str, Path]:
+    if kind == "builtin":
+        return {s: builtin.split_file(str(spec.source), s) for s in builtin.info(str(spec.source))["splits"]}
+    return local_splits(spec.source, base_dir)
+
+
+def raw_splits(spec: Data, base_dir: Path, cap: int | None = None, only: list[str] | None = None) -> dict[str, Dataset]:
+    """The splits of a source (all, or `only` those), unformatted; a built-in task keeps only rows with one of
+    its labels."""
     from datasets import load_dataset
 
     kind = source_kind(spec.source, base_dir)
     if kind == "hub":
         loaded = load_dataset(str(spec.source), spec.subset, revision=spec.revision)
-        out = dict(loaded.items())
+        out = {s: ds for s, ds in loaded.items() if only is None or s in only}
     else:
-        files = (
-            {s: builtin.split_file(str(spec.source), s) for s in builtin.info(str(spec.source))["splits"]}
-            if kind == "builtin"
-            else local_splits(spec.source, base_dir)
-        )
-        out = {s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train") for s, p in files.items()}
+        files = _split_files(spec, kind, base_dir)
+        out = {s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train")
+               for s, p in files.items() if only is None or s in only}  # fmt: skip
         if kind == "builtin" and spec.task:
             task = builtin.task(str(spec.source), spec.task)
             if task.labels:
@@ -204,6 +208,14 @@ def load_data(
         prepared = prepare(spec, base_dir, cap=SMOKE_PREPARE_ROWS if smoke else None, say=say)
         if "eval" in wanted and wanted["eval"] not in prepared.splits and "eval_split" not in spec.model_fields_set:
             del wanted["eval"]
+        missing = [split for split in wanted.values() if split not in prepared.splits]
+        if missing:
+            from tuneloop.errors import TuneloopError
+
+            raise TuneloopError(
+                f"after data.prepare there is no split {', '.join(map(repr, missing))}; "
+                f"splits: {', '.join(prepared.splits)} (check the `split` step's fractions)"
+            )
         raw = {role: prepared.splits[split] for role, split in wanted.items()}
     else:
         raw = _load_raw(spec, kind, base_dir, wanted)
@@ -237,24 +249,10 @@ def _load_raw(spec: Data, kind: str, base_dir: Path, wanted: dict[str, str]) -> 
                     continue
                 raise
         return got
-    if kind == "builtin":
-        name = str(spec.source)
-        files = {s: builtin.split_file(name, s) for s in builtin.info(name)["splits"]}
-    else:
-        files = local_splits(spec.source, base_dir)
-    if "eval" in wanted and wanted["eval"] not in files and not explicit_eval:
+    if "eval" in wanted and wanted["eval"] not in _split_files(spec, kind, base_dir) and not explicit_eval:
         del wanted["eval"]
-    got = {}
-    for role, split in wanted.items():
-        path = files[split]
-        ds = load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
-        if kind == "builtin" and spec.task:
-            task = builtin.task(str(spec.source), spec.task)
-            if task.labels:
-                labels = set(task.labels)
-                ds = ds.filter(lambda row, t=task.target, keep=labels: row[t] in keep)
-        got[role] = ds
-    return got
+    loaded = raw_splits(spec, base_dir, only=list(wanted.values()))
+    return {role: loaded[split] for role, split in wanted.items()}
 
 
 def to_trl(ds: Dataset, fmt: Format | None) -> Dataset:
