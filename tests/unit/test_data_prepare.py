@@ -382,3 +382,16 @@ def test_a_run_tracks_the_prepared_fingerprint_into_lineage(tiny_recipe):
     assert any(f"sft.prepare {fingerprint}" in line for line in facts(version))
     run = store.client().get_run(version.run_id) if version.run_id else None
     assert run is None or run.data.tags.get("tuneloop.data.sft.prepare") == fingerprint
+
+
+def test_a_second_writer_of_the_same_cache_entry_keeps_the_first(tmp_path):
+    """Ranks of one launch prepare the same data at once; the loser of the rename leaves the winner's entry."""
+    from datasets import Dataset, DatasetDict
+
+    from tuneloop.data.prepare import _store
+
+    dest = tmp_path / "cache" / "key"
+    _store(dest, DatasetDict({"train": Dataset.from_dict({"x": [1, 2]})}), [{"step": "a"}])
+    _store(dest, DatasetDict({"train": Dataset.from_dict({"x": [3]})}), [{"step": "b"}])
+    assert json.loads((dest / "report.json").read_text())["steps"] == [{"step": "a"}]
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["key"]  # no temporary directory left behind

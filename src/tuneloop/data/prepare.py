@@ -123,14 +123,17 @@ def _prepare(spec: Data, base_dir: Path, cap: int | None, say: Callable[[str], N
 
 def _store(dest: Path, data: Any, reports: list[dict]) -> None:
     """Write to a temporary directory and rename, so a killed run never leaves a half-written cache entry."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     data.save_to_disk(str(tmp / "data"))
     (tmp / "report.json").write_text(json.dumps({"steps": reports}, indent=2) + "\n")
-    if dest.exists():
+    try:
+        tmp.rename(dest)
+    except OSError:  # another rank or run stored the same key first: its entry is identical
+        if not (dest / "report.json").is_file():
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        return
-    tmp.rename(dest)
 
 
 def _counts(splits: dict[str, Any]) -> dict[str, int]:
@@ -189,14 +192,16 @@ def _dedup(step: Dedup, splits: dict, spec: Data, base_dir: Path) -> tuple[dict,
         texts = texts_of(ds, spec, step.columns)
         exact = dd.exact_clusters(texts)
         drop = {i: "exact duplicate" for g in exact for i in g[1:]}
+        clusters = exact
         if step.method == "near":
-            for g in dd.near_clusters(texts, step.threshold, step.ngram, step.num_perm):
+            clusters = dd.near_clusters(texts, step.threshold, step.ngram, step.num_perm)
+            for g in clusters:
                 for i in g[1:]:
                     drop.setdefault(i, "near duplicate")
         splits[name] = _keep(ds, drop)
         report["splits"][name] = _entry(len(ds), len(splits[name]), Counter(drop.values()))
         report["examples"][name] = [{"kept": texts[g[0]][:200], "dropped": texts[g[1]][:200]}
-                                    for g in sorted(exact, key=len, reverse=True)[:3]]  # fmt: skip
+                                    for g in sorted(clusters, key=len, reverse=True)[:3]]  # fmt: skip
     return splits, report
 
 
