@@ -42,7 +42,7 @@ test: install model
 	@echo "==> lint"
 	$(BIN)/ruff check src tests scripts
 	@echo "==> tests (unit, integration, e2e; slow ones included)"
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from tuneloop.data.dedup import near_clusters
+from tuneloop.data.dedup import UnionFind, near_clusters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = REPO_ROOT / "data" / "debian-descriptions"
@@ -123,38 +123,24 @@ def split_hash(package: str) -> int:
     return int(hashlib.sha256((SPLIT_SALT + package).encode("utf-8")).hexdigest(), 16)
 
 
-class UnionFind:
-    def __init__(self, items: list[str]) -> None:
-        self.parent = {x: x for x in items}
-
-    def find(self, x: str) -> str:
-        while self.parent[x] != x:
-            self.parent[x] = self.parent[self.parent[x]]
-            x = self.parent[x]
-        return x
-
-    def union(self, a: str, b: str) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)  # the name that sorts first names the group
-
-
 def groups(pool: list[dict[str, str]]) -> dict[str, str]:
     """Package -> group name: one source package, near-duplicate descriptions and equal synopses are one group."""
-    uf = UnionFind([r["package"] for r in pool])
+    names = sorted({r["package"] for r in pool})
+    index = {name: i for i, name in enumerate(names)}
+    uf = UnionFind(len(names))  # the smallest index, i.e. the name that sorts first, names the group
     first_of: dict[tuple[str, str], str] = {}
     for r in pool:
         for key in (("source", r["source"]), ("synopsis", normalise(r["synopsis"]))):
             if key in first_of:
-                uf.union(first_of[key], r["package"])
+                uf.union(index[first_of[key]], index[r["package"]])
             else:
                 first_of[key] = r["package"]
     log(f"near-duplicate descriptions (Jaccard >= {NEAR_THRESHOLD}) over {len(pool)} rows ...")
     clusters = near_clusters([r["description"] for r in pool], NEAR_THRESHOLD)
     for c in clusters:
         for i in c[1:]:
-            uf.union(pool[c[0]]["package"], pool[i]["package"])
-    out = {r["package"]: uf.find(r["package"]) for r in pool}
+            uf.union(index[pool[c[0]]["package"]], index[pool[i]["package"]])
+    out = {r["package"]: names[uf.find(index[r["package"]])] for r in pool}
     log(f"  {len(clusters)} near-duplicate clusters; {len(set(out.values()))} groups of {len(pool)} packages")
     return out
 

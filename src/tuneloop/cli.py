@@ -47,6 +47,14 @@ SmokeOpt = Annotated[
 ResumeOpt = Annotated[
     bool, typer.Option("--resume", help="Continue the newest unfinished run of this recipe from its last checkpoint.")
 ]
+FromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--from",
+        help="Start a new run at this stage, reusing the earlier stages' outputs from the newest run that finished "
+        "them with the same settings.",
+    ),
+]
 RunDirOpt = Annotated[Path | None, typer.Option("--run-dir", help="Write the run here instead of the workspace.")]
 
 
@@ -122,7 +130,12 @@ def _is_suite(path: Path) -> bool:
     return isinstance(raw, dict) and "tasks" in raw and "stages" not in raw
 
 
-def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | None, verb: str) -> None:
+def _train(
+    recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | None, verb: str, from_stage: str | None = None
+) -> None:
+    if from_stage and resume:
+        _fail("--from starts a new run and --resume continues an unfinished one; use one of them", 2)
+        return
     recipe = _load(recipe_path, set_)
     from tuneloop.config.loader import resolved_yaml
     from tuneloop.cost import describe as describe_cost
@@ -147,6 +160,7 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
             run_dir=run_dir,
             say=lambda m: console.print(m, highlight=False),
             evaluate=verb == "run",
+            from_stage=from_stage,
         )
     except TuneloopError as e:
         _fail(str(e), 1, e)
@@ -176,6 +190,7 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
             ),
             ("model", s["model_dir"]),
         ]
+        rows += _method_rows(s)
         rows += [("note", n) for n in s.get("notes", [])]
         console.print(summary_table(f"stage {s['stage']} ({s['method']})", rows))
     if result.evaluation is not None:
@@ -197,6 +212,27 @@ def _train(recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | N
         console.print(f"[yellow]smoke run: the gate is reported, not enforced (random tiny model)[/]\n{failure}")
     elif failure:
         _fail(failure, 3)
+
+
+def _method_rows(s: dict) -> list[tuple[str, str]]:
+    """What only some methods report: a reward model's pairwise accuracy, the reference model, GRPO's rewards."""
+    rows = []
+    if acc := s.get("pairwise_accuracy"):
+        rows.append(
+            ("pairwise accuracy", f"{acc['value']:.1%} [{acc['ci_low']:.1%}, {acc['ci_high']:.1%}] on {acc['n']} pairs")
+        )
+    if s.get("reference_model"):
+        rows.append(("reference", s["reference_model"]))
+    if s.get("rewards"):
+        rows.append(("rewards", ", ".join(f"{r['reward']}×{r['weight']:g}" for r in s["rewards"])))
+    if s.get("zero_std_share_mean") is not None:
+        rows.append(
+            (
+                "tied groups",
+                f"{s['zero_std_share_mean']:.0%} mean, {s['zero_std_share_last']:.0%} last (warn above 80%)",
+            )
+        )
+    return rows
 
 
 def _print_registration(result, recipe_path: Path, recipe, console) -> None:
@@ -255,13 +291,14 @@ def train(
     smoke: SmokeOpt = False,
     resume: ResumeOpt = False,
     run_dir: RunDirOpt = None,
+    from_stage: FromOpt = None,
 ) -> None:
     """Run the recipe's training stages only, in this process (or on every rank under `accelerate launch`).
 
     Evaluation is `tuneloop run` (training + evaluation + gate) or, after a cluster run,
     `tuneloop eval --suite RECIPE -m BASE_MODEL -m RUN_DIR`.
     """
-    _train(recipe, set_, smoke, resume, run_dir, "train")
+    _train(recipe, set_, smoke, resume, run_dir, "train", from_stage)
 
 
 @app.command()
@@ -271,10 +308,11 @@ def run(
     smoke: SmokeOpt = False,
     resume: ResumeOpt = False,
     run_dir: RunDirOpt = None,
+    from_stage: FromOpt = None,
 ) -> None:
     """Run the whole recipe: train every stage, evaluate the baseline and the trained model on the recipe's suite,
     apply the gate (exit 3 when it fails). Registration comes next."""
-    _train(recipe, set_, smoke, resume, run_dir, "run")
+    _train(recipe, set_, smoke, resume, run_dir, "run", from_stage)
 
 
 @app.command("eval")

@@ -21,6 +21,7 @@ def run(
     run_dir: Path | None = None,
     say: Callable[[str], None] | None = None,
     evaluate: bool = True,
+    from_stage: str | None = None,
 ) -> RunResult:
     """The whole recipe: training stages, then (main process only) evaluation, gate, registration and promotion,
     all tracked in one MLflow run that ends FINISHED, or FAILED with the error (and then registers nothing).
@@ -41,7 +42,7 @@ def run(
     try:
         result = train_recipe(
             recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say, tracker=tracker,
-            finished=not follows,
+            finished=not follows, from_stage=from_stage,
         )  # fmt: skip
         if follows and main:
             _after_training(recipe, recipe_path, result, tracker, smoke=smoke, resume=resume, say=say)
@@ -156,7 +157,8 @@ def evaluate_run(
     models = []
     if ev.baseline is not None:
         baseline = _baseline_ref(recipe, result, ev.baseline)
-        models.append(ModelSpec("base" if ev.baseline == "base" else ev.baseline, baseline))
+        label = ev.baseline.removeprefix("stage:") if ev.baseline.startswith("stage:") else ev.baseline
+        models.append(ModelSpec(label, baseline))
     models.append(ModelSpec("fine-tuned", str(result.model_dir)))
     say(f"[bold]evaluating[/] {' and '.join(m.label for m in models)} on {len(tasks)} task(s)")
     return run_suite(suite, models, out_dir, gate=ev.gate or None, say=say)
@@ -164,7 +166,11 @@ def evaluate_run(
 
 def _baseline_ref(recipe: Recipe, result: RunResult, baseline: str) -> str:
     """`base` is what training started from: the smoke copy, or for a registry alias the version it resolved
-    to then (the alias may have moved since)."""
+    to then (the alias may have moved since). `stage:NAME` is the model an earlier stage of this run produced
+    (what `sft → dpo` is judged against)."""
+    if baseline.startswith("stage:"):
+        name = baseline.removeprefix("stage:")
+        return next(s["model_dir"] for s in result.stages if s["stage"] == name)
     if baseline != "base":
         return baseline
     smoke_base = result.run_dir / "smoke-base"

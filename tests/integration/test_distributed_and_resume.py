@@ -90,6 +90,47 @@ def test_two_cpu_processes_end_with_identical_weights(write, tiny_model, workspa
     assert stage["steps"] == 3
 
 
+DPO_RECIPE = """
+name: dist-dpo
+base_model: {model}
+data:
+  source: debian-synopsis-pairs
+  task: preference
+  max_train_rows: 16
+  max_eval_rows: 4
+stages:
+  - name: dpo
+    method: dpo
+    args:
+      max_steps: 3
+      learning_rate: 1.0e-2
+      beta: 0.1
+      per_device_train_batch_size: 2
+      max_length: 1024
+      logging_steps: 1
+      save_steps: 10
+"""
+
+
+def test_two_cpu_processes_of_dpo_end_with_identical_weights(write, tiny_model, workspace):
+    """Full-weight DPO: each rank holds the policy (DDP) and its own frozen reference copy; after 3 steps both
+    ranks' policies must be bit-identical."""
+    path = write("dpo.yaml", DPO_RECIPE.format(model=tiny_model))
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--main_process_port", "29541", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+    ]  # fmt: skip
+    env = dict(_env(workspace), ACCELERATE_USE_CPU="1")
+    proc = subprocess.run(
+        [*cmd, "-m", "tuneloop.train", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (stage,) = _summary(workspace, "dist-dpo")["stages"]
+    assert stage["method"] == "dpo" and stage["world_size"] == 2 and stage["steps"] == 3
+    assert len(stage["rank_weight_checksums"]) == 2 and stage["ranks_in_sync"] is True
+    assert stage["reference_model"] == "start model, frozen copy"
+
+
 def test_kill_9_mid_run_then_resume_finishes(write, tmp_path, workspace):
     model = build_tiny_model(tmp_path / "slower", layers=4, hidden=128)
     path = write("r.yaml", RECIPE.format(model=model, rows=64, steps=150, save=3).replace("name: dist", "name: crash"))

@@ -115,7 +115,8 @@ def test_missing_data_file(write):
 def test_unknown_method_suggests_closest(write):
     path = write("r.yaml", GOOD.replace("method: sft", "method: sftt"))
     (msg,) = problems(path)
-    assert msg == f"{path}:8 stages.sft.method: unknown method 'sftt'; did you mean sft? available: sft"
+    methods = "sft, reward, dpo, kto, grpo, rloo, orpo, cpo"
+    assert msg == f"{path}:8 stages.sft.method: unknown method 'sftt'; did you mean sft? available: {methods}"
 
 
 def test_bad_stage_name_in_set_override(write):

@@ -21,10 +21,12 @@ def _client():
 
 
 def _only_run(experiment: str):
+    """The experiment's one top-level run (stages are child runs under it)."""
     c = _client()
     runs = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
-    assert len(runs) == 1, [r.info.run_id for r in runs]
-    return runs[0]
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(top) == 1, [r.info.run_id for r in top]
+    return top[0]
 
 
 def _run_dir(workspace: Path, recipe: str) -> Path:
@@ -80,6 +82,11 @@ def test_run_records_recipe_params_curves_datasets_results_environment_and_cost(
     requirements = c.download_artifacts(run.info.run_id, "environment/requirements.txt", str(run_dir / "dl"))
     assert "mlflow==" in Path(requirements).read_text()
     assert json.loads((run_dir / "tracking.json").read_text())["mlflow"]["run_id"] == run.info.run_id
+    (child,) = [r for r in c.search_runs([run.info.experiment_id]) if r.info.run_id != run.info.run_id]
+    assert child.data.tags["mlflow.parentRunId"] == run.info.run_id and child.data.tags["tuneloop.stage"] == "sft"
+    assert child.data.params["method"] == "sft" and child.data.params["args.learning_rate"] == "0.001"
+    assert child.data.metrics["steps"] == 3 and child.info.status == "FINISHED"
+    assert json.loads((run_dir / "tracking.json").read_text())["stage_runs"] == {"sft": child.info.run_id}
 
 
 def test_recipe_in_a_git_checkout_records_commit_and_dirty_flag(tiny_recipe, tmp_path):

@@ -9,12 +9,38 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.schema import Data, Recipe, template_fields
+from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data, Recipe, template_fields
 
 Found = list[tuple[tuple, str]]
 
-# What each method needs to find in its rows once the format block has been applied.
-METHOD_COLUMNS: dict[str, list[tuple[str, ...]]] = {"sft": [("messages",), ("prompt", "completion"), ("text",)]}
+# What each method needs to find in its rows when there is no format block (TRL's own column names) ...
+PAIRS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
+METHOD_COLUMNS: dict[str, list[tuple[str, ...]]] = {
+    "sft": [("messages",), ("prompt", "completion"), ("text",)],
+    **{m: PAIRS for m in PREFERENCE_METHODS},
+    "kto": [("prompt", "completion", "label")],
+    **{m: [("prompt",)] for m in ONLINE_METHODS},
+}
+# ... and which shapes of format block (Format.shape) it accepts.
+METHOD_SHAPES: dict[str, tuple[str, ...]] = {
+    "sft": ("messages", "prompt_completion"),
+    **{m: ("pairs",) for m in PREFERENCE_METHODS},
+    "kto": ("unpaired",),
+    **{m: ("prompt", "prompt_completion") for m in ONLINE_METHODS},
+}
+SHAPE_WORDS = {
+    "messages": "chat `messages`",
+    "prompt_completion": "`prompt` + `completion`",
+    "pairs": "`prompt` + `chosen` + `rejected` (preference pairs)",
+    "unpaired": "`prompt` + `completion` + `label` (unpaired preferences)",
+    "prompt": "`prompt` only",
+}
+SHAPE_EXAMPLE = {
+    "pairs": "format: {prompt: '{question}', chosen: '{good_answer}', rejected: '{bad_answer}'}",
+    "unpaired": "format: {prompt: '{question}', completion: '{answer}', label: thumbs_up}",
+    "prompt": "format: {prompt: '{question}'}",
+    "prompt_completion": "format: {prompt: '{question}', completion: '{answer}'}",
+}
 
 
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
@@ -29,6 +55,7 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
         if (id(data), stage.method) not in checked:
             checked.add((id(data), stage.method))
             found += _check_data(data, loc, base_dir, stage.method)
+    found += _check_stages(recipe, base_dir)
     if recipe.evaluation is not None:
         found += _check_evaluation(recipe, base_dir)
     found += _check_registry(recipe)
@@ -71,6 +98,14 @@ def _check_evaluation(recipe: Recipe, base_dir: Path) -> Found:
     assert evaluation is not None
     found = check_tasks(evaluation.tasks, recipe.data, base_dir, ("evaluation", "tasks"))
     found += _check_gate_metrics(recipe, evaluation.gate, ("evaluation", "gate"))
+    if evaluation.baseline and evaluation.baseline.startswith("stage:"):
+        name = evaluation.baseline.removeprefix("stage:")
+        earlier = [s.name for s in recipe.stages[:-1]]
+        if name not in earlier:
+            listed = ", ".join(earlier) or "none: the recipe has one stage"
+            found.append(
+                (("evaluation", "baseline"), f"no earlier stage {name!r} to compare with; earlier stages: {listed}")
+            )
     during = evaluation.during_training
     if during and during.task and during.task not in {t.name for t in evaluation.tasks}:
         found.append((("evaluation", "during_training", "task"), f"no task named {during.task!r}"))
@@ -103,7 +138,9 @@ def _task_kind(task, default_data: Data | None) -> str:
     if data is not None and data.task and source_kind(data.source, Path()) == "builtin":
         with contextlib.suppress(KeyError):
             builtin_kind = builtin.task(str(data.source), data.task).kind
-    return task.resolved_kind(builtin_kind)
+    from tuneloop.config.evaluation import METRICS
+
+    return task.resolved_kind(builtin_kind if builtin_kind in METRICS else None)
 
 
 def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tuple) -> Found:
@@ -147,33 +184,119 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
 
 
 def _check_model(recipe: Recipe, base_dir: Path) -> Found:
+    ref = recipe.base_model
+    return [(("base_model",), msg) for msg in model_ref_problems(ref.name, base_dir)] + _check_template(ref, base_dir)
+
+
+def model_ref_problems(name: str, base_dir: Path) -> list[str]:
+    """What is wrong with a model reference (built-in, directory, hub id, `models:/`), without loading it."""
     from tuneloop.models.builtin import BUILTIN_MODELS
 
-    ref = recipe.base_model
-    found: Found = []
-    name = ref.name
     if name.startswith("models:/"):
         from tuneloop.registry.uri import parse_model_uri
 
         try:
             parse_model_uri(name)
         except ValueError as e:
-            found.append((("base_model",), str(e)))
-        return found + _check_template(ref, base_dir)
+            return [str(e)]
+        return []
     if name in BUILTIN_MODELS:
-        return found + _check_template(ref, base_dir)
+        return []
     if name.startswith((".", "/", "~")) or (base_dir / name).exists() or Path(name).exists():
         path = Path(name).expanduser()
         path = path if path.is_absolute() or path.exists() else base_dir / path
         if not path.is_dir():
-            found.append((("base_model",), f"model directory {name!r} does not exist"))
-        elif not (path / "config.json").is_file():
-            found.append((("base_model",), f"{name!r} has no config.json; is it a Hugging Face checkpoint?"))
+            return [f"model directory {name!r} does not exist"]
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            return [f"{name!r} has no config.json; is it a Hugging Face checkpoint?"]
     elif "/" not in name:
         hint = trainer_fields.closest(name, list(BUILTIN_MODELS))
         if hint:
-            found.append((("base_model",), f"unknown built-in model {name!r} (did you mean {hint}?)"))
-    return found + _check_template(ref, base_dir)
+            return [f"unknown built-in model {name!r} (did you mean {hint}?)"]
+    return []
+
+
+def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
+    """Where each stage starts, its reference model and its rewards."""
+    import importlib.util
+
+    from tuneloop.data.sources import columns_for_check, effective_format
+
+    found: Found = []
+    for i, stage in enumerate(recipe.stages):
+        here = ("stages", i)
+        if stage.base == "previous" and i == 0:
+            found.append(((*here, "base"), "the first stage has no previous stage; omit `base` or name a model"))
+        elif stage.base not in (None, "previous", "base_model"):
+            found += [((*here, "base"), msg) for msg in model_ref_problems(stage.base, base_dir)]
+        if stage.ref_model:
+            found += [((*here, "ref_model"), msg) for msg in model_ref_problems(stage.ref_model, base_dir)]
+        if stage.method in ONLINE_METHODS:
+            found += _check_generation_counts(stage, here)
+        data = recipe.stage_data(stage) if (stage.data or recipe.data) else None
+        columns = columns_for_check(data, base_dir) if data is not None else None
+        try:
+            fmt = effective_format(data) if data is not None else None
+        except KeyError:  # an unknown built-in task, reported by the data checks
+            fmt = None
+        for j, reward in enumerate(stage.rewards):
+            at = (*here, "rewards", j)
+            if reward.function:
+                module = reward.function.split(":")[0]
+                try:
+                    spec = importlib.util.find_spec(module)
+                except (ImportError, ValueError):
+                    spec = None
+                if spec is None:
+                    found.append(((*at, "function"), f"cannot find module {module!r} (is it importable from here?)"))
+            if reward.model:
+                found += [((*at, "model"), msg) for msg in model_ref_problems(reward.model, base_dir)]
+            if reward.builtin == "rougeL":
+                ref = reward_reference(reward, fmt)
+                if ref is None:
+                    found.append(
+                        ((*at, "reference"), "rougeL needs a reference: give `reference: COLUMN` or a `completion` "
+                         "template in the data's format")
+                    )  # fmt: skip
+                elif columns is not None and ref not in columns:
+                    hint = trainer_fields.closest(ref, columns)
+                    did = f" (did you mean {hint}?)" if hint else ""
+                    found.append(((*at, "reference"), f"no column {ref!r}{did}; columns: {', '.join(columns)}"))
+    return found
+
+
+def _check_generation_counts(stage, here: tuple) -> Found:
+    """GRPO/RLOO sample `num_generations` answers per prompt, and a generation batch must hold whole groups.
+    Checked for one process (what a smoke run and a single GPU use); more processes multiply the batch."""
+    args = stage.args
+    at = (*here, "args")
+    n = args.get("num_generations", 4)
+    if not isinstance(n, int) or n < 2:
+        return [((*at, "num_generations"), f"needs at least 2 samples per prompt to compare them; got {n!r}")]
+    per_device = args.get("per_device_train_batch_size", 8)
+    if args.get("generation_batch_size") is not None:
+        batch, key = args["generation_batch_size"], "generation_batch_size"
+        what = f"generation_batch_size={batch}"
+    else:
+        steps = args.get("steps_per_generation") or args.get("gradient_accumulation_steps", 1)
+        batch, key = per_device * steps, "per_device_train_batch_size"
+        what = f"per_device_train_batch_size × steps_per_generation = {per_device} × {steps} = {batch}"
+    if not all(isinstance(v, int) for v in (batch, n)) or batch % n:
+        return [
+            ((*at, key), f"the generation batch ({what}) must be a multiple of num_generations={n}: each prompt's "
+             f"{n} samples are compared with each other")
+        ]  # fmt: skip
+    return []
+
+
+def reward_reference(reward, fmt) -> str | None:
+    """The column a rougeL reward compares with: its own `reference`, else the `completion` template's column."""
+    if reward.reference:
+        return reward.reference
+    if fmt is not None and fmt.completion:
+        fields = template_fields(fmt.completion)
+        return fields[0] if len(fields) == 1 else None
+    return "completion" if fmt is None else None
 
 
 def _check_template(ref, base_dir: Path) -> Found:
@@ -205,7 +328,7 @@ def _check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: b
             did = f"did you mean {hint}? " if hint else ""
             found.append(((*loc, "task"), f"unknown task {data.task!r}; {did}tasks: {', '.join(tasks)}"))
             return found
-        columns = builtin.info(name)["columns"]
+        columns = builtin.columns(name, data.task)
         splits = list(builtin.info(name)["splits"])
     elif kind == "files":
         files = local_splits(data.source, base_dir)
@@ -308,16 +431,39 @@ def _check_prepare(
     return found
 
 
+def _builtin_tasks_for(method: str) -> list[tuple[str, str]]:
+    """Built-in (dataset, task) pairs whose rows suit `method`, to suggest when the data does not."""
+    from tuneloop.data import builtin
+
+    return [
+        (name, task)
+        for name in builtin.names()
+        for task in builtin.info(name)["tasks"]
+        if builtin.task(name, task).format.shape() in METHOD_SHAPES[method]
+    ]
+
+
 def _check_columns(data: Data, loc: tuple, columns: list[str], fmt, method: str) -> Found:
     found: Found = []
     if fmt is not None:
+        shape = fmt.shape()
+        if shape not in METHOD_SHAPES[method]:
+            wanted = " or ".join(SHAPE_WORDS[s] for s in METHOD_SHAPES[method])
+            example = SHAPE_EXAMPLE.get(METHOD_SHAPES[method][0], "")
+            fits = _builtin_tasks_for(method)
+            if fits and data.format is None:
+                example = "the built-in " + " or ".join(f"{{source: {d}, task: {t}}}" for d, t in fits)
+            found.append(
+                ((*loc, "format"), f"{method} trains on {wanted}; this data's format gives {SHAPE_WORDS[shape]}"
+                 + (f". E.g. {example}" if example else ""))
+            )  # fmt: skip
         if fmt.messages:
             if fmt.messages not in columns:
                 found.append(
                     ((*loc, "format", "messages"), f"no column {fmt.messages!r}; columns: {', '.join(columns)}")
                 )
             return found
-        for part in ("prompt", "completion"):
+        for part in ("prompt", "completion", "chosen", "rejected"):
             for col in template_fields(getattr(fmt, part) or ""):
                 if col not in columns:
                     hint = trainer_fields.closest(col, columns)
@@ -328,15 +474,20 @@ def _check_columns(data: Data, loc: tuple, columns: list[str], fmt, method: str)
                             f"template uses column {col!r}, which the data lacks{did}; columns: {', '.join(columns)}",
                         )
                     )
+        if fmt.label and fmt.label not in columns:
+            hint = trainer_fields.closest(fmt.label, columns)
+            did = f" (did you mean {hint}?)" if hint else ""
+            found.append(((*loc, "format", "label"), f"no column {fmt.label!r}{did}; columns: {', '.join(columns)}"))
         return found
     need = METHOD_COLUMNS[method]
     if not any(set(group) <= set(columns) for group in need):
         wanted = " or ".join("+".join(g) for g in need)
+        example = SHAPE_EXAMPLE.get(METHOD_SHAPES[method][0], SHAPE_EXAMPLE["prompt_completion"])
         found.append(
             (
                 (*loc,),
                 f"{method} needs {wanted} columns after formatting; found {', '.join(columns)}. "
-                "Add a `format:` block, e.g. format: {prompt: '{question}', completion: '{answer}'}",
+                f"Add a `format:` block, e.g. {example}",
             )
         )
     return found

@@ -23,6 +23,7 @@ GENERATION_METRICS = (
     "exact_match",
     "token_f1",
     "similarity",
+    "synopsis_rules",  # share of answers following Debian's synopsis rules (tuneloop.rewards)
 )
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -151,8 +152,8 @@ class Evaluation(Section):
     )
     baseline: str | None = Field(
         "base",
-        description="Model the trained one is compared with: `base` (the recipe's base model), any model "
-        "reference, or null for no comparison.",
+        description="Model the trained one is compared with: `base` (the recipe's base model), `stage:NAME` (what "
+        "an earlier stage produced, e.g. the SFT start of a DPO stage), any model reference, or null for none.",
     )
     gate: list[GateRule] = Field(default_factory=list, description="Rules the trained model must pass.")
     during_training: DuringTraining | None = Field(None, description="Generation metrics while training.")

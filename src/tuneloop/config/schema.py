@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -46,7 +46,8 @@ class ModelRef(Section):
 
 
 class Format(Section):
-    """How rows become TRL training examples: chat `prompt`/`completion` turns, plain text, or `messages`."""
+    """How rows become TRL training examples: chat `prompt`/`completion` turns, preference pairs (`chosen`/
+    `rejected`), unpaired preferences (`completion` + `label`), prompts only, plain text, or `messages`."""
 
     style: Literal["chat", "plain"] = Field(
         "chat",
@@ -56,7 +57,20 @@ class Format(Section):
     prompt: str | None = Field(
         None, description="Template for the prompt, with `{column}` placeholders, e.g. `Summarise: {text}`."
     )
-    completion: str | None = Field(None, description="Template for the completion, e.g. `{summary}`.")
+    completion: str | None = Field(
+        None,
+        description="Template for the completion, e.g. `{summary}`. For `grpo`/`rloo` it is the reference answer "
+        "that reward functions such as `rougeL` compare with.",
+    )
+    chosen: str | None = Field(
+        None, description="Preference methods (`reward`, `dpo`, `orpo`, `cpo`): template of the preferred answer."
+    )
+    rejected: str | None = Field(None, description="Preference methods: template of the dispreferred answer.")
+    label: str | None = Field(
+        None,
+        description="`kto`: name of the column that says whether the completion is desirable (true/false, 1/0, "
+        "or `good`/`bad`, `up`/`down`).",
+    )
     system: str | None = Field(None, description="System prompt put before every chat prompt (chat style only).")
     messages: str | None = Field(
         None, description="Name of a column that already holds chat messages (list of {role, content})."
@@ -64,11 +78,25 @@ class Format(Section):
 
     @model_validator(mode="after")
     def _one_shape(self) -> Format:
-        if self.messages and (self.prompt or self.completion):
+        if self.messages and (self.prompt or self.completion or self.chosen or self.rejected):
             raise ValueError("give either `messages` or `prompt`/`completion` templates, not both")
-        if bool(self.prompt) != bool(self.completion) and not self.messages:
-            raise ValueError("`prompt` and `completion` templates go together; give both")
+        if bool(self.chosen) != bool(self.rejected):
+            raise ValueError("`chosen` and `rejected` templates go together; give both")
+        if (self.completion or self.chosen) and not self.prompt:
+            raise ValueError("a `prompt` template is needed with `completion` or `chosen`/`rejected`")
+        if self.label and not self.completion:
+            raise ValueError("`label` marks a `completion` as desirable or not; give a `completion` template too")
         return self
+
+    def shape(self) -> str:
+        """Which TRL dataset type these templates produce: messages, pairs, unpaired, prompt_completion, prompt."""
+        if self.messages:
+            return "messages"
+        if self.chosen:
+            return "pairs"
+        if self.label:
+            return "unpaired"
+        return "prompt_completion" if self.completion else "prompt"
 
 
 class Data(Section):
@@ -123,6 +151,59 @@ class Peft(Section):
     bnb_4bit_use_double_quant: bool = Field(True, description="QLoRA only: quantise the quantisation constants.")
 
 
+class Reward(Section):
+    """One reward of a `grpo`/`rloo` stage: a built-in function, your own function, or a reward model.
+
+    The stage's rewards are combined with their weights (TRL's `reward_weights`)."""
+
+    builtin: str | None = Field(
+        None,
+        description="A built-in reward: `debian_synopsis_rules` (share of Debian's synopsis rules followed), "
+        "`rougeL` (ROUGE-L F against the reference), `length` (1 up to `max_chars`, falling to 0 at twice that).",
+    )
+    function: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="Your reward function as `package.module:function`, called as TRL calls reward functions: "
+        "`f(prompts, completions, completion_ids, **columns) -> list[float | None]`.",
+    )
+    model: str | None = Field(
+        None,
+        description="A reward model (sequence classifier, e.g. trained by a `reward` stage): local directory, hub "
+        "id, or `models:/NAME@ALIAS`.",
+    )
+    weight: float = Field(1.0, description="Weight of this reward in the sum.")
+    reference: str | None = Field(
+        None,
+        description="`rougeL`: the column holding the reference text; defaults to the column the format's "
+        "`completion` template names.",
+    )
+    max_chars: int = Field(80, gt=0, description="`length`: characters allowed before the reward falls.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Reward:
+        given = [k for k in ("builtin", "function", "model") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `builtin`, `function` or `model`")
+        if self.builtin:
+            from tuneloop.config.trainer_fields import closest
+            from tuneloop.rewards import BUILTIN
+
+            if self.builtin not in BUILTIN:
+                hint = closest(self.builtin, list(BUILTIN))
+                did = f"did you mean {hint}? " if hint else ""
+                raise ValueError(f"unknown built-in reward {self.builtin!r}; {did}built-ins: {', '.join(BUILTIN)}")
+        return self
+
+    def label(self) -> str:
+        return self.builtin or self.function or f"model:{self.model}"
+
+
+PREFERENCE_METHODS = ("reward", "dpo", "orpo", "cpo")
+ONLINE_METHODS = ("grpo", "rloo")
+REFERENCE_METHODS = ("dpo", "kto")
+
+
 class Stage(Section):
     """One training step of the recipe; stages run in order, each starting from the previous one's model."""
 
@@ -130,24 +211,92 @@ class Stage(Section):
         pattern=NAME_PATTERN,
         description="Stage name, unique in the recipe; `--set stages.NAME.args.x=...` addresses it.",
     )
-    method: str = Field(description="Training method. Available: `sft` (TRL SFTTrainer).")
+    method: str = Field(
+        description="Training method: `sft`, `reward`, `dpo`, `kto`, `grpo`, `rloo` (TRL's stable trainers); "
+        "`orpo`, `cpo` (trl.experimental, with `experimental: true`). See docs/methods.md."
+    )
+    base: str | None = Field(
+        None,
+        description="Model this stage starts from: `previous` (the previous stage's output; the default after the "
+        "first stage), `base_model` (the recipe's base model; the first stage's default), or any model reference "
+        "(built-in name, directory, hub id, `models:/NAME@ALIAS`).",
+    )
+    experimental: bool = Field(
+        False,
+        description="Allow a method from `trl.experimental` (`orpo`, `cpo`): TRL may change or remove those in any "
+        "release, so a recipe says it knows.",
+    )
     peft: Peft | None = Field(None, description="Adapter training; omit for full fine-tuning.")
     data: Data | None = Field(None, description="Data for this stage only; defaults to the recipe's `data`.")
+    ref_model: str | None = Field(
+        None,
+        description="`dpo`/`kto`: the reference model. Default: the model the stage starts from — with LoRA the "
+        "same weights with the adapter switched off (no second copy in memory), otherwise a frozen copy.",
+    )
+    rewards: list[Reward] = Field(
+        default_factory=list, description="`grpo`/`rloo`: the rewards the policy is optimised for, with weights."
+    )
     args: dict[str, Any] = Field(
         default_factory=dict,
-        description="Arguments of the method's TRL config (`SFTConfig` for `sft`), checked field by field. "
-        "tuneloop sets `output_dir`, and turns `bf16` off where no GPU supports it.",
+        description="Arguments of the method's TRL config (`SFTConfig` for `sft`, `DPOConfig` for `dpo`, ...), "
+        "checked field by field. tuneloop sets `output_dir`, and turns `bf16` off where no GPU supports it.",
     )
 
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from tuneloop.config.trainer_fields import closest, methods
+        from tuneloop.config.trainer_fields import REMOVED, closest, methods
 
+        if value in REMOVED:
+            raise ValueError(f"method {value!r}: {REMOVED[value]}")
         if value not in methods():
             hint = closest(value, methods())
             did = f"did you mean {hint}? " if hint else ""
             raise ValueError(f"unknown method {value!r}; {did}available: {', '.join(methods())}")
+        return value
+
+    # Field validators (not one model validator) so each error points at the key that is wrong.
+    @field_validator("experimental")
+    @classmethod
+    def _experimental_fits(cls, value: bool, info: ValidationInfo) -> bool:
+        from tuneloop.config.trainer_fields import EXPERIMENTAL
+
+        method = info.data.get("method")
+        if method in EXPERIMENTAL and not value:
+            raise ValueError(
+                f"{method} is in trl.experimental, which TRL may change or remove in any release; add "
+                f"`experimental: true` to the stage to use it (or use `dpo`, which is stable)"
+            )
+        if value and method is not None and method not in EXPERIMENTAL:
+            raise ValueError(f"`experimental` is for {', '.join(sorted(EXPERIMENTAL))}; {method} is stable")
+        return value
+
+    @field_validator("ref_model")
+    @classmethod
+    def _ref_model_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        method = info.data.get("method")
+        if value and method is not None and method not in REFERENCE_METHODS:
+            raise ValueError(f"`ref_model` applies to {'/'.join(REFERENCE_METHODS)}; {method} has no reference model")
+        return value
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards_fit(cls, value: list[Reward], info: ValidationInfo) -> list[Reward]:
+        method = info.data.get("method")
+        if method in ONLINE_METHODS and not value:
+            raise ValueError(
+                f"{method} needs `rewards:`, e.g. rewards: [{{builtin: debian_synopsis_rules}}, "
+                "{function: 'mypkg.rewards:score', weight: 0.5}]"
+            )
+        if value and method is not None and method not in ONLINE_METHODS:
+            raise ValueError(f"`rewards` apply to {'/'.join(ONLINE_METHODS)}; {method} does not generate")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _args_fit(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "reward_weights" in value and info.data.get("rewards"):
+            raise ValueError("give weights in `rewards[].weight`, not `args.reward_weights`")
         return value
 
 

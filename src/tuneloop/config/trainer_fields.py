@@ -16,8 +16,28 @@ from typing import Any
 
 SNAPSHOT = Path(__file__).with_name("trainer_fields.json")
 
-# method -> TRL config class. A method is added here when its trainer module lands in tuneloop.train.
-CONFIG_CLASSES: dict[str, str] = {"sft": "SFTConfig"}
+# method -> TRL config class ("module:Class" for trl.experimental). A method is added here when its trainer module
+# lands in tuneloop.train. Stable TRL 1.x trainers first, then the experimental ones a stage must opt into.
+CONFIG_CLASSES: dict[str, str] = {
+    "sft": "SFTConfig",
+    "reward": "RewardConfig",
+    "dpo": "DPOConfig",
+    "kto": "KTOConfig",
+    "grpo": "GRPOConfig",
+    "rloo": "RLOOConfig",
+    "orpo": "trl.experimental.orpo:ORPOConfig",
+    "cpo": "trl.experimental.cpo:CPOConfig",
+}
+EXPERIMENTAL = frozenset({"orpo", "cpo"})
+
+# Methods recipes may still ask for, and what to say instead of "unknown method".
+REMOVED: dict[str, str] = {
+    "ppo": "TRL 1.x removed PPO (PPOTrainer and value-head models are gone); use `grpo` or `rloo`, which optimise "
+    "the same kind of reward without a value model (docs/methods.md)",
+    "online_dpo": "online DPO is only in trl.experimental and tuneloop does not wrap it; use `grpo` with a reward "
+    "model, or `dpo` on pairs you generated",
+    "gkd": "GKD moved to TRL's stable `DistillationTrainer`: use `method: distill`",
+}
 
 # Arguments a recipe may not set: tuneloop sets them itself, or the launcher does.
 LAUNCHER = (
@@ -76,7 +96,7 @@ def snapshot() -> dict[str, Any]:
 
     out: dict[str, Any] = {"trl_version": trl.__version__, "methods": {}}
     for method, cls_name in CONFIG_CLASSES.items():
-        cls = getattr(trl, cls_name)
+        cls = import_config(cls_name)
         hints = typing.get_type_hints(cls)
         fields = {}
         for f in dataclasses.fields(cls):
@@ -94,8 +114,16 @@ def snapshot() -> dict[str, Any]:
                 "default": default,
                 "help": " ".join(str(f.metadata.get("help", "")).split()),
             }
-        out["methods"][method] = {"config_class": cls_name, "fields": fields}
+        out["methods"][method] = {"config_class": cls_name.rpartition(":")[2], "fields": fields}
     return out
+
+
+def import_config(name: str) -> type:
+    """`SFTConfig` from `trl`, or `module:Class` (trl.experimental)."""
+    import importlib
+
+    module, _, cls = name.rpartition(":")
+    return getattr(importlib.import_module(module or "trl"), cls)
 
 
 @cache
@@ -112,7 +140,7 @@ def fields(method: str) -> dict[str, dict[str, Any]]:
 
 
 def config_class(method: str) -> str:
-    return CONFIG_CLASSES[method]
+    return CONFIG_CLASSES[method].rpartition(":")[2]
 
 
 def closest(word: str, options: list[str]) -> str | None:

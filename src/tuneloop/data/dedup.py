@@ -56,7 +56,9 @@ def signatures(texts: Sequence[str], ngram: int = 3, num_perm: int = 128, seed: 
     return Signatures(MinHash.bulk(sets, num_perm=num_perm, seed=seed), ngram, num_perm)
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets over 0..n-1; the smallest index represents its set (so sorted keys name groups stably)."""
+
     def __init__(self, n: int) -> None:
         self.parent = list(range(n))
 
@@ -90,7 +92,7 @@ def near_clusters(
     from datasketch import MinHashLSH
 
     n = len(texts)
-    uf = _UnionFind(n)
+    uf = UnionFind(n)
     for group in exact_clusters(texts):
         for i in group[1:]:
             uf.union(group[0], i)

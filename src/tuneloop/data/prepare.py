@@ -237,14 +237,25 @@ def token_lengths(ds: Dataset, spec: Data, tokenizer: Any) -> list[int]:
 
 
 def example_tokens(row: dict[str, Any], tokenizer: Any) -> int:
+    """Tokens of one example as the trainer sees it; a preference pair counts its longer side (prompt + chosen or
+    prompt + rejected), which is what `max_length` must hold."""
+    if "chosen" in row and "rejected" in row:
+        return max(
+            example_tokens({**_without_pair(row), "completion": row[side]}, tokenizer)
+            for side in ("chosen", "rejected")
+        )
     turns = row.get("messages")
     if turns is None and isinstance(row.get("prompt"), list):
-        turns = row["prompt"] + row["completion"]
+        turns = row["prompt"] + (row.get("completion") or [])
     if turns is not None:
         ids = tokenizer.apply_chat_template(turns, tokenize=True)
         return len(ids["input_ids"] if hasattr(ids, "keys") else ids)  # transformers 5 returns a BatchEncoding
     text = (row.get("prompt") or "") + (row.get("completion") or "") + (row.get("text") or "")
     return len(tokenizer(text)["input_ids"])
+
+
+def _without_pair(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
 
 
 def load_tokenizer_for(name: str, base_dir: Path) -> Any:

@@ -17,12 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.schema import Data, Format
 from tuneloop.data import builtin
+from tuneloop.errors import TuneloopError
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-TRL_COLUMNS = ("messages", "prompt", "completion", "text")
+TRL_COLUMNS = ("messages", "prompt", "completion", "text", "chosen", "rejected", "label")
+TRUE_LABELS = {"true", "1", "yes", "good", "up", "desirable", "thumbs_up", "accept", "accepted"}
+FALSE_LABELS = {"false", "0", "no", "bad", "down", "undesirable", "thumbs_down", "reject", "rejected"}
 
 
 @dataclass
@@ -101,6 +104,25 @@ def columns_of(path: Path) -> list[str]:
     return list(first) if isinstance(first, dict) else []
 
 
+def columns_for_check(spec: Data, base_dir: Path) -> list[str] | None:
+    """Column names of the training split from the first row, for validation; None when unknown without loading
+    (hub data) or unreadable (reported by the data checks)."""
+    kind = source_kind(spec.source, base_dir)
+    if kind == "builtin":
+        try:
+            return builtin.columns(str(spec.source), spec.task)
+        except KeyError:
+            return None
+    if kind != "files":
+        return None
+    files = local_splits(spec.source, base_dir)
+    path = files.get(spec.train_split) or next(iter(files.values()), None)
+    try:
+        return columns_of(path) if path is not None and path.exists() else None
+    except (ValueError, OSError):
+        return None
+
+
 def text_columns(spec: Data, columns: list[str]) -> list[str]:
     """The columns that hold a row's input text: the prompt template's fields, else `prompt`, `messages`, `text`.
 
@@ -152,6 +174,8 @@ def raw_splits(spec: Data, base_dir: Path, cap: int | None = None, only: list[st
             if task.labels:
                 keep = set(task.labels)
                 out = {s: ds.filter(lambda row, t=task.target: row[t] in keep) for s, ds in out.items()}
+            if task.kind == "unpaired":
+                out = {s: builtin.unpair(ds) for s, ds in out.items()}
     if cap:
         out = {s: ds.select(range(min(cap, len(ds)))) for s, ds in out.items()}
     return out
@@ -190,13 +214,19 @@ def load_data(
     *,
     smoke: bool = False,
     say: Callable[[str], None] | None = None,
+    method: str = "sft",
+    extra_columns: list[str] | None = None,
 ) -> PreparedData:
     """Load, prepare, format and fingerprint the train and eval splits of `spec`.
 
     Rows keep their order (the first N for `max_*_rows`); the trainer shuffles with the recipe's seed.
     `limit` caps both splits further (smoke runs use a handful of rows); a smoke run prepares only the first
-    SMOKE_PREPARE_ROWS rows of each split, so `data.prepare` is exercised in seconds.
+    SMOKE_PREPARE_ROWS rows of each split, so `data.prepare` is exercised in seconds. Online methods (`grpo`,
+    `rloo`) keep every column: TRL hands them to the reward functions; `extra_columns` keeps those named
+    (evaluation metrics that read them).
     """
+    from tuneloop.config.schema import ONLINE_METHODS
+
     kind = source_kind(spec.source, base_dir)
     wanted = {"train": spec.train_split}
     if spec.eval_split:
@@ -210,8 +240,6 @@ def load_data(
             del wanted["eval"]
         missing = [split for split in wanted.values() if split not in prepared.splits]
         if missing:
-            from tuneloop.errors import TuneloopError
-
             raise TuneloopError(
                 f"after data.prepare there is no split {', '.join(map(repr, missing))}; "
                 f"splits: {', '.join(prepared.splits)} (check the `split` step's fractions)"
@@ -227,7 +255,10 @@ def load_data(
         caps = [c for c in (cap, limit) if c]
         if caps:
             ds = ds.select(range(min(len(ds), *caps)))
-        ds = to_trl(ds, fmt)
+        try:
+            ds = to_trl(ds, fmt, keep_columns=method in ONLINE_METHODS, extra=extra_columns)
+        except TuneloopError as e:
+            raise TuneloopError(f"{spec.source} split {wanted[role]!r}: {e}") from e
         out[role] = ds
         fingerprints[wanted[role]] = fingerprint(ds)
     what = f"{spec.source}" + (f" ({spec.task})" if spec.task else "")
@@ -255,25 +286,58 @@ def _load_raw(spec: Data, kind: str, base_dir: Path, wanted: dict[str, str]) -> 
     return {role: loaded[split] for role, split in wanted.items()}
 
 
-def to_trl(ds: Dataset, fmt: Format | None) -> Dataset:
-    """Map rows to TRL's dataset formats; keep only the columns TRL reads."""
+def to_trl(ds: Dataset, fmt: Format | None, keep_columns: bool = False, extra: list[str] | None = None) -> Dataset:
+    """Map rows to TRL's dataset formats (language modeling, prompt-completion, preference, unpaired preference,
+    prompt-only); keep only the columns TRL reads, plus `extra` ones, or every column with `keep_columns`."""
+    extra = [c for c in extra or [] if c in ds.column_names]
     if fmt is None:
-        keep = [c for c in TRL_COLUMNS if c in ds.column_names]
-        return ds.select_columns(keep)
+        if "label" in ds.column_names and "completion" in ds.column_names:
+            ds = ds.map(lambda row, i: {"label": as_label(row["label"], i + 1)}, with_indices=True, desc="labels")
+        keep = ds.column_names if keep_columns else [c for c in TRL_COLUMNS if c in ds.column_names]
+        return ds.select_columns(list(dict.fromkeys([*keep, *extra])))
     if fmt.messages:
-        ds = ds.select_columns([fmt.messages])
+        ds = ds.select_columns(list(dict.fromkeys([fmt.messages, *extra])))
         return ds if fmt.messages == "messages" else ds.rename_column(fmt.messages, "messages")
 
-    def render(row: dict[str, Any]) -> dict[str, Any]:
-        prompt = fmt.prompt.format_map(row)
-        completion = fmt.completion.format_map(row)
-        if fmt.style == "plain":
-            return {"prompt": prompt, "completion": completion}
-        turns = [{"role": "system", "content": fmt.system}] if fmt.system else []
-        turns.append({"role": "user", "content": prompt})
-        return {"prompt": turns, "completion": [{"role": "assistant", "content": completion}]}
+    def answer(text: str) -> Any:
+        return text if fmt.style == "plain" else [{"role": "assistant", "content": text}]
 
-    return ds.map(render, remove_columns=ds.column_names, desc="formatting")
+    def render(row: dict[str, Any], index: int) -> dict[str, Any]:
+        prompt = fmt.prompt.format_map(row)
+        out: dict[str, Any] = {}
+        if fmt.style == "plain":
+            out["prompt"] = prompt
+        else:
+            turns = [{"role": "system", "content": fmt.system}] if fmt.system else []
+            out["prompt"] = [*turns, {"role": "user", "content": prompt}]
+        if fmt.chosen:
+            out["chosen"] = answer(fmt.chosen.format_map(row))
+            out["rejected"] = answer(fmt.rejected.format_map(row))
+        elif fmt.completion and not keep_columns:
+            out["completion"] = answer(fmt.completion.format_map(row))
+        if fmt.label:
+            out["label"] = as_label(row[fmt.label], index + 1)
+        return out
+
+    kept = set(extra) - {"prompt", "completion", "chosen", "rejected", "label"}
+    removed = [c for c in ds.column_names if (not keep_columns and c not in kept) or c in ("prompt", "completion")]
+    return ds.map(render, with_indices=True, remove_columns=removed, desc="formatting")
+
+
+def as_label(value: Any, row: int) -> bool:
+    """A KTO label: booleans, 1/0, or words such as good/bad, up/down (a rating UI's thumbs)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float) and value in (0, 1):
+        return bool(value)
+    word = str(value).strip().lower()
+    if word in TRUE_LABELS:
+        return True
+    if word in FALSE_LABELS:
+        return False
+    raise TuneloopError(
+        f"row {row}: label {value!r} says neither desirable nor undesirable; use true/false, 1/0, good/bad or up/down"
+    )
 
 
 def fingerprint(ds: Dataset) -> str:

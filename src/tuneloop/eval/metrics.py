@@ -26,7 +26,9 @@ from tuneloop.eval.bootstrap import ScoreFn, bootstrap_ci, ovr_auc, point_score,
 from tuneloop.eval.bootstrap import paired_bootstrap as paired_bootstrap  # re-exported: comparisons go by metric name
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-GENERATION_METRICS = ["bleu", "chrf", *ROUGE_TYPES, "exact_match", "token_f1", "similarity"]
+GENERATION_METRICS = ["bleu", "chrf", *ROUGE_TYPES, "exact_match", "token_f1", "similarity", "synopsis_rules"]
+# metric -> the data columns it reads besides prompt and reference (kept through formatting by eval.tasks)
+METRIC_COLUMNS = {"synopsis_rules": ["package"]}
 PRF = [f"{m}_{avg}" for avg in ("macro", "micro") for m in ("precision", "recall", "f1")]
 CLASSIFICATION_METRICS = ["accuracy", *PRF, "roc_auc"]
 UNPARSED = "(unparsed)"
@@ -258,8 +260,10 @@ def generation_metrics(
     rng_seed: int = 0,
     resamples: int = 1000,
     embedder: Any = None,
+    columns: dict[str, list[Any]] | None = None,
 ) -> dict[str, MetricValue]:
-    """Score generated text against one or more references per example; `embedder` replaces the MiniLM model."""
+    """Score generated text against one or more references per example; `embedder` replaces the MiniLM model.
+    `columns` holds per-example data some metrics read (METRIC_COLUMNS), such as the package name."""
     names = _check_names(names, GENERATION_METRICS, "generation")
     _ref_streams(predictions, references)  # validates lengths and reference lists once, before any metric runs
     kw = {"resamples": resamples, "seed": rng_seed}
@@ -278,6 +282,12 @@ def generation_metrics(
         out["token_f1"] = _mean_metric("token_f1", f1, **kw)
     if "similarity" in names:
         out["similarity"] = _mean_metric("similarity", _similarity(predictions, references, embedder), **kw)
+    if "synopsis_rules" in names:
+        from tuneloop.rewards import follows_synopsis_rules
+
+        packages = (columns or {}).get("package") or [None] * len(predictions)
+        ok = [100.0 * follows_synopsis_rules(p, pkg) for p, pkg in zip(predictions, packages, strict=True)]
+        out["synopsis_rules"] = _mean_metric("synopsis_rules", ok, **kw)
     return {n: out[n] for n in names}
 
 

@@ -134,7 +134,7 @@ def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str,
         }
         result["lengths"] = M.length_stats([a.tokens for a in answers], predictions)
     if t.kind == "generation":
-        values = M.generation_metrics(predictions, t.references, builtin, resamples=resamples)
+        values = M.generation_metrics(predictions, t.references, builtin, resamples=resamples, columns=t.columns)
     elif t.kind == "classification":
         y_true = [r[0] for r in t.references]
         y_pred = [parse_label(p, t.labels or []) for p in predictions]

@@ -4,7 +4,7 @@ of evaluation is the format of training), and parse answers back into labels for
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class TaskRows:
     labels: list[str] | None
     fmt: Format | None
     data: dict[str, Any]  # source, task, split, rows, fingerprint: what the numbers were computed on
+    columns: dict[str, list[Any]] = field(default_factory=dict)  # raw columns some metrics read (METRIC_COLUMNS)
 
 
 def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: bool = False) -> TaskRows:
@@ -37,8 +38,13 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: 
         builtin_task = builtin.task(str(data.source), data.task)
     kind = task.resolved_kind(builtin_task.kind if builtin_task else None)
     spec = data.model_copy(update={"train_split": task.split, "eval_split": None, "max_train_rows": None})
-    prepared = load_data(spec, base_dir, limit=task.max_rows, smoke=smoke)
+    from tuneloop.eval.metrics import METRIC_COLUMNS
+
+    metrics = task.resolved_metrics(kind)
+    extra = sorted({c for m in metrics for c in METRIC_COLUMNS.get(m, [])})
+    prepared = load_data(spec, base_dir, limit=task.max_rows, smoke=smoke, extra_columns=extra)
     rows = prepared.train
+    columns = {c: rows[c] for c in extra if c in rows.column_names}
     prompts: list[Prompt] = []
     references: list[list[str]] = []
     for row in rows:
@@ -55,7 +61,8 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: 
         "rows": len(rows),
         "fingerprint": prepared.fingerprints.get(task.split),
     }
-    return TaskRows(task, kind, task.resolved_metrics(kind), prompts, references, labels, effective_format(data), info)
+    fmt = effective_format(data)
+    return TaskRows(task, kind, metrics, prompts, references, labels, fmt, info, columns)
 
 
 def _split_row(row: dict[str, Any], task: str) -> tuple[Prompt, str]:

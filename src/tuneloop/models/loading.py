@@ -118,10 +118,13 @@ def quantization_config(peft: Peft | None):
     )
 
 
-def load_model(source: str, ref: ModelRef, qlora: Peft | None = None):
-    """Load the causal LM a stage trains, as the recipe asks (dtype, attention kernel; 4-bit when `qlora`)."""
+def load_model(source: str, ref: ModelRef, qlora: Peft | None = None, reward_head: bool = False):
+    """Load the causal LM a stage trains, as the recipe asks (dtype, attention kernel; 4-bit when `qlora`).
+
+    `reward_head` loads the same checkpoint as a sequence classifier with one output (a new, randomly
+    initialised `score` head over the last token): the shape of a TRL reward model."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kwargs: dict[str, Any] = {"revision": ref.revision, "trust_remote_code": ref.trust_remote_code}
     kwargs["dtype"] = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
@@ -131,9 +134,26 @@ def load_model(source: str, ref: ModelRef, qlora: Peft | None = None):
     if quant is not None:
         kwargs["quantization_config"] = quant
     try:
+        if reward_head:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
+            if model.config.pad_token_id is None:  # the score is read at the last non-padding token
+                model.config.pad_token_id = model.config.eos_token_id
+            return model
         return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"cannot load model {ref.name!r} from {source!r}: {e}") from e
+
+
+def load_reference(name: str, base_dir: Path, like: ModelRef, log=print):
+    """A model a stage names besides the one it trains (reference, teacher, reward model), with the base
+    model's loading settings; an adapter directory is folded into its base."""
+    ref = like.model_copy(update={"name": name, "revision": None, "chat_template": None})
+    source = resolve(ref, base_dir, log=log)
+    if (Path(source) / "adapter_config.json").is_file():
+        from peft import AutoPeftModelForCausalLM
+
+        return AutoPeftModelForCausalLM.from_pretrained(source).merge_and_unload()
+    return load_model(source, ref)
 
 
 def tiny_copy(source: str, ref: ModelRef, out: Path, seed: int) -> str:

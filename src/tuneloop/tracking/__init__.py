@@ -99,6 +99,57 @@ class RunTracker:
             run_dir.mkdir(parents=True, exist_ok=True)
             record_file.write_text(json.dumps(record, indent=2) + "\n")
 
+    def stage_run(self, run_dir: Path, stage: Any, summary: dict[str, Any]) -> None:
+        """A child MLflow run for one finished stage, under this run (`mlflow.parentRunId`): the stage's method,
+        args and start as params, its summary as metrics, stage.json as an artifact. Created once per stage; its id
+        is kept in tracking.json so a resumed run does not record a finished stage twice."""
+        if not (self.enabled and self.run_id):
+            return
+        record_file = run_dir / TRACKING_FILE
+        record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+        children = record.setdefault("stage_runs", {})
+        if stage.name in children:
+            return
+        c = self.client
+        parent = c.get_run(self.run_id)
+        tags = {
+            "mlflow.parentRunId": self.run_id,
+            "tuneloop.kind": "stage",
+            "tuneloop.stage": stage.name,
+            "tuneloop.method": stage.method,
+            "tuneloop.run_dir": str(run_dir),
+        }
+        if summary.get("reused_from"):
+            tags["tuneloop.reused_from"] = summary["reused_from"]
+
+        def create() -> None:
+            name = f"{parent.info.run_name}/{stage.name}"
+            child = store.retry(lambda: c.create_run(self.experiment_id, run_name=name, tags=tags))
+            child_tracker = RunTracker(self.settings, self.experiment, "stage", self.say)
+            child_tracker._client, child_tracker.run_id, child_tracker.experiment_id = (
+                c,
+                child.info.run_id,
+                (self.experiment_id),
+            )
+            data = stage.model_dump(mode="json", exclude_none=True, exclude={"data", "name"})
+            child_tracker.log_params(flatten(data))
+            child_tracker.log_metrics(
+                {k.split("/", 2)[-1]: v for k, v in stage_metrics(summary).items() if k.startswith("stage/")}
+            )
+            done = run_dir / "stages" / stage.name / "stage.json"
+            child_tracker.log_artifact(done)
+            store.retry(lambda: c.set_terminated(child.info.run_id, "FINISHED"))
+            children[stage.name] = child.info.run_id
+            record_file.write_text(json.dumps(record, indent=2) + "\n")
+
+        self._safe(create)
+
+    def _attached(self, run_id: str) -> RunTracker:
+        """A tracker for another run of the same store and experiment (MLflow only)."""
+        other = RunTracker(self.settings.model_copy(update={"wandb": None}), self.experiment, "stage", self.say)
+        other._client, other.run_id, other.experiment_id = self.client, run_id, self.experiment_id
+        return other
+
     def _exists(self, run_id: str | None) -> bool:
         if not run_id:
             return False

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.config import trainer_fields
 from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.schema import Recipe, Stage
 from tuneloop.errors import TuneloopError
@@ -22,13 +23,19 @@ if TYPE_CHECKING:
     from tuneloop.tracking import RunTracker
 
 
-def _sft(stage: Stage, ctx) -> dict[str, Any]:
-    from tuneloop.train import sft
+def _method(name: str) -> Callable[..., dict[str, Any]]:
+    """The method module's `train`, imported when a stage runs (each pulls in its TRL trainer)."""
 
-    return sft.train(stage, ctx)
+    def run(stage: Stage, ctx) -> dict[str, Any]:
+        import importlib
+
+        return importlib.import_module(f"tuneloop.train.{name}").train(stage, ctx)
+
+    return run
 
 
-METHODS: dict[str, Callable[..., dict[str, Any]]] = {"sft": _sft}
+# one module per method in trainer_fields.CONFIG_CLASSES (the methods a recipe may name)
+METHODS: dict[str, Callable[..., dict[str, Any]]] = {name: _method(name) for name in trainer_fields.methods()}
 
 
 @dataclass
@@ -77,6 +84,11 @@ def preflight(recipe: Recipe, smoke: bool) -> None:
                 f"stages.{stage.name}.peft: QLoRA loads the base model in 4 bits with bitsandbytes, which needs a "
                 "CUDA GPU; on this machine use `peft: {type: lora}`, or check the path with --smoke"
             )
+        if stage.args.get("use_vllm"):
+            raise TuneloopError(
+                f"stages.{stage.name}.args.use_vllm: generating with vLLM inside training needs a CUDA GPU; on this "
+                "machine drop `use_vllm` (transformers generates instead), or check the path with --smoke"
+            )
         optim = str(stage.args.get("optim", ""))
         if needs_cuda_optimizer(optim):
             raise TuneloopError(
@@ -95,12 +107,15 @@ def train_recipe(
     say: Callable[[str], None] | None = None,
     tracker: RunTracker | None = None,
     finished: bool = True,
+    from_stage: str | None = None,
 ) -> RunResult:
     """Run every stage of `recipe` in order; each stage starts from the model the previous one produced.
 
     `tracker` (main process only) begins as soon as the run directory is known and receives the recipe,
     parameters, environment, datasets, curves and per-stage figures. `finished=False` leaves the run open for
-    `--resume` after training (the pipeline's evaluation and registration follow and close it)."""
+    `--resume` after training (the pipeline's evaluation and registration follow and close it). `from_stage`
+    starts a new run at that stage, reusing the outputs of the stages before it from the newest run that finished
+    them with the same settings (`tuneloop run --from STAGE`)."""
     from accelerate.utils import broadcast_object_list
 
     from tuneloop.cost import account, recipe_price, total
@@ -109,6 +124,11 @@ def train_recipe(
     from tuneloop.train.stage import StageContext
 
     preflight(recipe, smoke)
+    reused: dict[str, dict[str, Any]] = {}
+    if from_stage:
+        reused_run, reused = runs.reusable_stages(recipe, from_stage, smoke)
+        if say:
+            say(f"--from {from_stage}: reusing {', '.join(reused)} from {reused_run}")
     price = recipe_price(recipe.cost, recipe_path.parent)  # a bad device or price table fails before training
     quiet_libraries()
     state = _init_distributed()
@@ -142,10 +162,18 @@ def train_recipe(
             source = tiny_copy(source, recipe.base_model, run_dir / "smoke-base", recipe.seed)
             base["smoke_copy"] = source
     results = []
+    first = source
     for i, stage in enumerate(recipe.stages):
-        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker)
+        source, name = _stage_start(stage, i, first, source, results, recipe, recipe_dir, smoke, run_dir, state, say)
+        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker, model_name=name)
         done_file = ctx.stage_dir(stage) / "stage.json"
-        if resume and done_file.exists():
+        if stage.name in reused and not done_file.exists():
+            summary = {**reused[stage.name], "reused_from": str(Path(reused[stage.name]["model_dir"]).parent)}
+            ctx.say(f"stage {stage.name}: reusing {summary['model_dir']}")
+            if main:
+                done_file.parent.mkdir(parents=True, exist_ok=True)
+                runs.write_json(done_file, summary)
+        elif resume and done_file.exists():
             summary = json.loads(done_file.read_text())
             ctx.say(f"stage {stage.name} already finished in {run_dir}; skipping")
         else:
@@ -167,6 +195,7 @@ def train_recipe(
         if main:
             tracker.log_metrics(stage_metrics(summary))
             tracker.log_artifact(done_file, f"stages/{stage.name}")
+            tracker.stage_run(run_dir, stage, summary)
         results.append(summary)
         source = summary["model_dir"]
         if stage.peft and i + 1 < len(recipe.stages):
@@ -192,6 +221,28 @@ def train_recipe(
         tracker.log_metrics(cost_metrics(result.cost))
     state.wait_for_everyone()
     return result
+
+
+def _stage_start(stage: Stage, i: int, first: str, previous: str, results: list, recipe: Recipe,
+                 recipe_dir: Path, smoke: bool, run_dir: Path, state, say) -> tuple[str, str]:  # fmt: skip
+    """Where a stage starts: `base: previous` (default after the first stage), `base_model`, or a model of its own
+    (a smoke run swaps that for a tiny random copy too). Returns (source, name for messages)."""
+    from tuneloop.models.loading import resolve, tiny_copy
+
+    base = stage.base or ("base_model" if i == 0 else "previous")
+    if base == "previous":
+        return previous, f"stage {results[-1]['stage']}" if results else "previous"
+    if base == "base_model":
+        return first, recipe.base_model.name
+    from tuneloop.config.schema import ModelRef
+
+    ref = ModelRef(name=base)
+    log = say if state.is_main_process and say else (lambda _m: None)
+    with state.main_process_first():
+        source = resolve(ref, recipe_dir, log=log)
+        if smoke:
+            source = tiny_copy(source, ref, run_dir / f"smoke-{stage.name}", 0)
+    return source, base
 
 
 def begin_tracking(tracker: RunTracker, recipe: Recipe, recipe_path: Path, run_dir: Path, smoke: bool) -> None:

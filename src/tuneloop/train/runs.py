@@ -75,3 +75,55 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def reusable_stages(recipe: Any, from_stage: str, smoke: bool) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """For `--from STAGE`: the newest run of this recipe whose stages before STAGE finished with the same
+    settings as now, and those stages' summaries. The old run is only read, never changed."""
+    import yaml
+
+    from tuneloop.config.loader import resolved_yaml
+    from tuneloop.errors import TuneloopError
+
+    names = [s.name for s in recipe.stages]
+    if from_stage not in names:
+        from tuneloop.config.trainer_fields import closest
+
+        hint = closest(from_stage, names)
+        did = f"did you mean {hint}? " if hint else ""
+        raise TuneloopError(f"--from {from_stage}: no such stage; {did}stages: {', '.join(names)}")
+    k = names.index(from_stage)
+    if k == 0:
+        raise TuneloopError(
+            f"--from {from_stage}: it is the first stage, so there is nothing to reuse; run without --from"
+        )
+    now = yaml.safe_load(resolved_yaml(recipe))
+    same = ("base_model", "seed", "data")
+    base = workspace.runs_dir() / recipe.name
+    tried: list[str] = []
+    runs = sorted((d for d in base.iterdir() if d.is_dir()), reverse=True) if base.is_dir() else []
+    for run in runs:
+        if run.name.endswith("-smoke") != smoke or not (run / "recipe.yaml").is_file():
+            continue
+        then = yaml.safe_load((run / "recipe.yaml").read_text()) or {}
+        changed = [key for key in same if then.get(key) != now.get(key)]
+        old_stages = {s.get("name"): s for s in then.get("stages", [])}
+        changed += [f"stage {n}" for n in names[:k] if old_stages.get(n) != now["stages"][names.index(n)]]
+        if changed:
+            tried.append(f"{run.name}: {', '.join(changed)} changed since")
+            continue
+        found = {}
+        for name in names[:k]:
+            done = run / "stages" / name / "stage.json"
+            summary = json.loads(done.read_text()) if done.is_file() else None
+            if summary is None or not Path(summary["model_dir"]).exists():
+                break
+            found[name] = summary
+        if len(found) == k:
+            return run, found
+        tried.append(f"{run.name}: stage {names[len(found)]} did not finish")
+    detail = "; ".join(tried[:5]) or "no earlier runs"
+    raise TuneloopError(
+        f"--from {from_stage}: no run of {recipe.name} has {', '.join(names[:k])} finished with this recipe's "
+        f"settings ({detail}); run the whole recipe once first"
+    )

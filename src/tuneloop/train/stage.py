@@ -32,6 +32,10 @@ class StageContext:
     is_main: bool = True
     notes: list[str] = field(default_factory=list)
     tracker: Any = None  # tuneloop.tracking.RunTracker (a disabled one on other ranks)
+    model_name: str = ""  # what the stage starts from, for messages (the base model's name, or `previous`)
+
+    def __post_init__(self) -> None:
+        self.model_name = self.model_name or self.recipe.base_model.name
 
     def stage_dir(self, stage: Stage) -> Path:
         return self.run_dir / "stages" / stage.name
@@ -41,9 +45,14 @@ class StageContext:
             console.print(message, highlight=False)
 
 
-def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) -> Any:
-    """The stage's TRL config: the recipe's `args` over tuneloop's defaults for this machine."""
+def trl_args(
+    config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool, extra: dict[str, Any] | None = None
+) -> Any:
+    """The stage's TRL config: the recipe's `args` over tuneloop's defaults for this machine; `extra` is what
+    the method derives from the stage itself (GRPO's reward weights)."""
     import torch
+
+    from tuneloop.config.schema import ONLINE_METHODS
 
     cuda = torch.cuda.is_available()
     defaults: dict[str, Any] = {
@@ -63,7 +72,17 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
     }
     if has_eval:
         defaults["per_device_eval_batch_size"] = stage.args.get("per_device_train_batch_size", 8)
-    args = {**defaults, **stage.args, "output_dir": str(ctx.stage_dir(stage))}
+    if stage.method in ONLINE_METHODS:
+        defaults["num_generations"] = 4  # TRL's 8 makes every step eight generations per prompt on a CPU
+        # the trainer cannot count inputs of generated batches (a warning every step); TRL logs `num_tokens`
+        defaults["include_num_input_tokens_seen"] = "no"
+    args = {**defaults, **stage.args, **(extra or {}), "output_dir": str(ctx.stage_dir(stage))}
+    if not cuda and (args.get("bf16") or args.get("fp16")):
+        kind = "bf16" if args.get("bf16") else "fp16"
+        note = f"{kind} mixed precision needs a GPU; training in float32 on this CPU instead"
+        ctx.notes.append(note)
+        ctx.say(f"[yellow]note:[/] {note}")
+        args.update(bf16=False, fp16=False)
     optim = str(args.get("optim", ""))
     if not cuda and needs_cuda_optimizer(optim):  # only a smoke run gets here (train.preflight)
         ctx.notes.append(f"smoke run: {optim} needs CUDA (bitsandbytes), so adamw_torch stands in")
@@ -80,6 +99,10 @@ def trl_args(config_cls: type, stage: Stage, ctx: StageContext, has_eval: bool) 
         )
         if args.get("max_length"):
             args["max_length"] = min(args["max_length"], 128)
+        if stage.method in ONLINE_METHODS:
+            args.update(num_generations=2, max_completion_length=min(args.get("max_completion_length") or 16, 16))
+            args.pop("generation_batch_size", None)
+            args.pop("steps_per_generation", None)
     try:
         return config_cls(**args)
     except (ValueError, TypeError) as e:
@@ -111,7 +134,8 @@ def needs_cuda_optimizer(optim: str) -> bool:
     return "8bit" in optim or "bnb" in optim
 
 
-def lora_config(peft: Peft | None, ctx: StageContext):
+def lora_config(peft: Peft | None, ctx: StageContext, task_type: str = "CAUSAL_LM"):
+    """PEFT's LoRA config from the recipe; a reward model (`SEQ_CLS`) also trains its new score head in full."""
     if peft is None:
         return None
     from peft import LoraConfig
@@ -123,10 +147,71 @@ def lora_config(peft: Peft | None, ctx: StageContext):
         lora_alpha=peft.alpha,
         lora_dropout=peft.dropout,
         target_modules=peft.target_modules,
-        modules_to_save=peft.modules_to_save,
+        modules_to_save=peft.modules_to_save or (["score"] if task_type == "SEQ_CLS" else None),
         use_rslora=peft.use_rslora,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
+
+
+def stage_data(stage: Stage, ctx: StageContext):
+    """Load, prepare and format the stage's rows for its method, say what was loaded, and track it."""
+    from tuneloop.data import load_data
+
+    data = load_data(
+        ctx.recipe.stage_data(stage),
+        ctx.recipe_dir,
+        limit=SMOKE_ROWS if ctx.smoke else None,
+        smoke=ctx.smoke,
+        say=ctx.say,
+        method=stage.method,
+    )
+    ctx.say(
+        f"data: {data.description}: {len(data.train)} train rows"
+        + (f", {len(data.eval)} eval rows" if data.eval is not None else "")
+        + f"  fingerprints {data.fingerprints}"
+    )
+    track_data(ctx, stage, data)
+    return data
+
+
+def describe_model(trainer: Any, stage: Stage, ctx: StageContext) -> tuple[int, int]:
+    """Print what trains; returns (trainable, total) parameters."""
+    from tuneloop.models.loading import param_count
+
+    trainable, total = param_count(trainer.model)
+    ctx.say(
+        f"model: {ctx.model_name}{' (tiny random, --smoke)' if ctx.smoke else ''}: "
+        f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable"
+        f" ({'LoRA' if stage.peft else 'full fine-tuning'}, {stage.method})"
+    )
+    return trainable, total
+
+
+def finish(
+    trainer: Any,
+    stage: Stage,
+    ctx: StageContext,
+    data: Any,
+    tokenizer: Any,
+    callbacks: list[Any] | None = None,
+    generates: bool = True,
+) -> dict[str, Any]:
+    """Train and save (`fit`), then record how the model must be evaluated and where its data came from.
+    `generates=False` (reward models) writes no generation record: such a model scores, it does not answer."""
+    from tuneloop.data.sources import effective_format
+    from tuneloop.eval.models import TRAINING_RECORD, training_record
+
+    trainable, total = describe_model(trainer, stage, ctx)
+    summary = fit(trainer, stage, ctx, callbacks=callbacks)
+    if ctx.is_main and generates:
+        fmt = effective_format(ctx.recipe.stage_data(stage))
+        record = training_record(tokenizer, fmt, ctx.recipe.base_model.name, ctx.recipe.name, stage.name)
+        runs.write_json(Path(summary["model_dir"]) / TRAINING_RECORD, record)
+    summary["data_fingerprints"] = data.fingerprints
+    if data.prepare:
+        summary["data_prepare"] = data.prepare
+    summary["parameters"] = {"total": total, "trainable": trainable}
+    return summary
 
 
 def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | None = None) -> dict[str, Any]:
@@ -158,7 +243,7 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_wall = time.perf_counter() - started
-    eval_after = trainer.evaluate()["eval_loss"] if has_eval else None
+    eval_after = trainer.evaluate().get("eval_loss") if has_eval else None
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     eval_before = evals[0] if evals and has_eval else None
     model_dir = stage_dir / "model"
@@ -169,6 +254,9 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     # Throughput covers this process's training only: a resumed run started at the checkpoint's token count,
     # and train_runtime includes evaluations run inside train() (eval_on_start, eval_strategy).
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - start_tokens
+    if tokens <= 0:  # GRPO/RLOO: prompt + completion tokens, as TRL counts them in its logs
+        counted = [e["num_tokens"] for e in state.log_history if "num_tokens" in e and e["step"] > start_step]
+        tokens = int(max(counted)) if counted else 0
     end = next((i for i, e in enumerate(state.log_history) if "train_runtime" in e), len(state.log_history))
     in_train_eval = sum(
         e.get("eval_runtime", 0.0)
@@ -225,3 +313,30 @@ def weights_checksum(model: Any) -> str | None:
             h.update(name.encode())
             h.update(param.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def report_dropped(trainer: Any, data: Any, config: Any, stage: Stage, ctx: StageContext) -> None:
+    """TRL drops rows that do not fit `max_length` (SFT: whose completion was cut off entirely; reward models:
+    longer pairs); say so instead of hiding it."""
+    for role, before, after in (
+        ("train", data.train, trainer.train_dataset),
+        ("eval", data.eval, trainer.eval_dataset),
+    ):
+        if before is None or after is None or len(after) == len(before):
+            continue
+        lost = len(before) - len(after)
+        note = (
+            f"{lost} of {len(before)} {role} rows lost their whole completion to truncation at "
+            f"max_length={config.max_length} and were dropped; raise max_length to keep them"
+            if stage.method == "sft"
+            else f"{lost} of {len(before)} {role} rows did not fit max_length={config.max_length} and were dropped "
+            f"by TRL's {stage.method} preprocessing; raise max_length to keep them"
+        )
+        ctx.notes.append(note)
+        ctx.say(f"[yellow]warning:[/] {note}")
+    if len(trainer.train_dataset) == 0:
+        raise TuneloopError(
+            f"stages.{stage.name}: no training rows left after truncation at max_length={config.max_length}"
+        )
+    if trainer.eval_dataset is not None and len(trainer.eval_dataset) == 0:
+        trainer.eval_dataset = None

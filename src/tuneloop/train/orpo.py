@@ -1,0 +1,21 @@
+"""ORPO (odds-ratio preference optimisation: SFT and preference in one loss, no reference model) with
+`trl.experimental.orpo`. Experimental in TRL: it may change or disappear in any release, so a stage opts in
+with `experimental: true`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from tuneloop.config.schema import Stage
+from tuneloop.train.preference import train_with
+from tuneloop.train.stage import StageContext
+
+
+def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the recipe opted in; the stage prints its own note
+    from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    ctx.notes.append("orpo comes from trl.experimental: TRL may change or remove it in any release")
+    ctx.say("[yellow]note:[/] orpo is experimental in TRL (trl.experimental.orpo)")
+    return train_with(ORPOTrainer, ORPOConfig, stage, ctx)
