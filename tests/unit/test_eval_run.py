@@ -273,3 +273,70 @@ def test_results_json_is_strict_json_even_when_an_interval_is_undefined():
     cleaned = finite({"ci": [float("nan"), np.float64("inf")], "value": np.float32(1.5), "n": 3, "t": (1.0,)})
     assert cleaned == {"ci": [None, None], "value": 1.5, "n": 3, "t": [1.0]}
     json.dumps(cleaned, allow_nan=False)
+
+
+def test_reward_model_scores_every_answer_as_a_metric_with_ci(tiny_model, write, tmp_path):
+    """`reward_model:` on a generation task adds `reward_score`: the mean of the reward model's score of each
+    answer after its prompt, the same numbers a direct forward pass gives."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    scorer_dir = tmp_path / "reward"
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(scorer_dir)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(scorer_dir)
+    suite = write(
+        "suite.yaml",
+        f"""
+name: rm
+tasks:
+  - name: synopsis
+    data: {{source: debian-descriptions, task: synopsis}}
+    split: test
+    max_rows: 5
+    metrics: [rougeL]
+    reward_model: {scorer_dir}
+    generation: {{max_new_tokens: 4, batch_size: 4}}
+""",
+    )
+    out = tmp_path / "out"
+    result = invoke("eval", "--model", str(tiny_model), "--suite", str(suite), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    syn = json.loads((out / "results.json").read_text())["models"][0]["tasks"]["synopsis"]
+    score = syn["metrics"]["reward_score"]
+    assert score["ci"][0] <= score["value"] <= score["ci"][1]
+    examples = [json.loads(line) for line in (out / f"examples-{Path(str(tiny_model)).name}.jsonl").open()]
+    tok = AutoTokenizer.from_pretrained(scorer_dir)
+    scorer = AutoModelForSequenceClassification.from_pretrained(scorer_dir, num_labels=1).eval()
+    from tuneloop.data import builtin
+
+    fmt = builtin.task("debian-descriptions", "synopsis").format
+    direct = []
+    for ex in examples:
+        turns = [
+            {"role": "system", "content": fmt.system},
+            {"role": "user", "content": ex["prompt"]},
+            {"role": "assistant", "content": ex["prediction"]},
+        ]
+        enc = tok(tok.apply_chat_template(turns, tokenize=False), return_tensors="pt")
+        with torch.no_grad():
+            direct.append(scorer(**enc).logits[0, 0].item())
+    assert score["value"] == pytest.approx(sum(direct) / len(direct), rel=1e-4, abs=1e-4)
+
+
+def test_reward_score_without_a_reward_model_is_refused(write):
+    from tuneloop.config.errors import RecipeError
+    from tuneloop.config.loader import load_suite
+
+    suite = write(
+        "suite.yaml",
+        """
+name: rm
+tasks:
+  - name: synopsis
+    data: {source: debian-descriptions, task: synopsis}
+    metrics: [rougeL, reward_score]
+""",
+    )
+    with pytest.raises(RecipeError, match="reward_score` needs the task's `reward_model:`"):
+        load_suite(suite)

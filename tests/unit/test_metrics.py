@@ -319,7 +319,8 @@ def toy_generation(n: int, seed: int = 0):
 def test_ci_contains_the_point_estimate_for_every_metric():
     preds, refs = toy_generation(120)
     names = [m for m in M.GENERATION_METRICS if m != "similarity"]
-    values = list(M.generation_metrics(preds, refs, names, resamples=300).values())
+    rewards = list(np.random.default_rng(1).normal(size=len(preds)))
+    values = list(M.generation_metrics(preds, refs, names, resamples=300, reward_scores=rewards).values())
     cls, _ = M.classification_metrics(Y_TRUE * 10, Y_PRED * 10, LABELS, None, resamples=300)
     values += [*cls.values(), M.perplexity_metric(list(np.linspace(5, 50, 40)), [10] * 40, resamples=300)]
     for m in values:

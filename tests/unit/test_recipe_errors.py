@@ -115,7 +115,7 @@ def test_missing_data_file(write):
 def test_unknown_method_suggests_closest(write):
     path = write("r.yaml", GOOD.replace("method: sft", "method: sftt"))
     (msg,) = problems(path)
-    methods = "sft, reward, dpo, kto, grpo, rloo, orpo, cpo"
+    methods = "sft, reward, dpo, kto, grpo, rloo, distill, orpo, cpo"
     assert msg == f"{path}:8 stages.sft.method: unknown method 'sftt'; did you mean sft? available: {methods}"
 
 

@@ -20,6 +20,7 @@ METHOD_COLUMNS: dict[str, list[tuple[str, ...]]] = {
     **{m: PAIRS for m in PREFERENCE_METHODS},
     "kto": [("prompt", "completion", "label")],
     **{m: [("prompt",)] for m in ONLINE_METHODS},
+    "distill": [("prompt",)],  # off_policy also needs `completion` (_check_distill)
 }
 # ... and which shapes of format block (Format.shape) it accepts.
 METHOD_SHAPES: dict[str, tuple[str, ...]] = {
@@ -27,6 +28,7 @@ METHOD_SHAPES: dict[str, tuple[str, ...]] = {
     **{m: ("pairs",) for m in PREFERENCE_METHODS},
     "kto": ("unpaired",),
     **{m: ("prompt", "prompt_completion") for m in ONLINE_METHODS},
+    "distill": ("prompt", "prompt_completion"),
 }
 SHAPE_WORDS = {
     "messages": "chat `messages`",
@@ -169,6 +171,11 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
         if splits is not None and task.split not in splits:
             found.append(((*here, "split"), f"no split {task.split!r}; splits: {', '.join(splits)}"))
         task_kind = _task_kind(task, default_data)
+        if task.reward_model:
+            if task_kind != "generation":
+                found.append(((*here, "reward_model"), f"a reward model scores generated answers; {task.name} is a "
+                              f"{task_kind} task"))  # fmt: skip
+            found += [((*here, "reward_model"), msg) for msg in model_ref_problems(task.reward_model, base_dir)]
         if task_kind == "classification" and not task.labels:
             has = kind == "builtin" and data.task and builtin.task(str(data.source), data.task).labels
             if not has:
@@ -239,6 +246,8 @@ def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
             fmt = effective_format(data) if data is not None else None
         except KeyError:  # an unknown built-in task, reported by the data checks
             fmt = None
+        if stage.method == "distill":
+            found += _check_distill(recipe, i, fmt, columns, base_dir)
         for j, reward in enumerate(stage.rewards):
             at = (*here, "rewards", j)
             if reward.function:
@@ -263,6 +272,81 @@ def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
                     did = f" (did you mean {hint}?)" if hint else ""
                     found.append(((*at, "reference"), f"no column {ref!r}{did}; columns: {', '.join(columns)}"))
     return found
+
+
+def _check_distill(recipe: Recipe, i: int, fmt, columns: list[str] | None, base_dir: Path) -> Found:
+    """Teacher and student exist, share a vocabulary, the kept layers exist, and off-policy data has answers."""
+    stage = recipe.stages[i]
+    here = ("stages", i)
+    found: Found = []
+    if stage.mode == "off_policy" and (fmt is not None or columns is not None):
+        has_completion = fmt.shape() == "prompt_completion" if fmt is not None else "completion" in columns
+        if not has_completion:
+            found.append(
+                ((*here, "mode"), "off_policy distillation trains on the data's completions, and this data has "
+                 "only prompts; give the format a `completion` template, or use `mode: on_policy`")
+            )  # fmt: skip
+    if stage.teacher:
+        found += [((*here, "teacher"), msg) for msg in model_ref_problems(stage.teacher, base_dir)]
+    student = stage.student
+    if student.from_ != "teacher":
+        found += [((*here, "student", "from"), msg) for msg in model_ref_problems(student.from_, base_dir)]
+    # what the teacher is: its own reference, else where the stage starts (earlier stages keep the vocabulary)
+    start = stage.base if stage.base not in (None, "previous", "base_model") else recipe.base_model.name
+    teacher_name = stage.teacher or start
+    teacher = local_model_config(teacher_name, base_dir)
+    if teacher is None:
+        return found
+    if student.from_ != "teacher":
+        other = local_model_config(student.from_, base_dir)
+        if other is not None and other.get("vocab_size") != teacher.get("vocab_size"):
+            found.append(
+                ((*here, "student", "from"), f"the student's vocabulary ({other.get('vocab_size')} tokens) differs "
+                 f"from the teacher's ({teacher_name}: {teacher.get('vocab_size')}); distillation compares "
+                 "next-token distributions token by token, so both need the same tokenizer")
+            )  # fmt: skip
+    layers = teacher.get("num_hidden_layers")
+    if isinstance(student.keep_layers, list) and isinstance(layers, int):
+        outside = [n for n in student.keep_layers if n >= layers]
+        if outside:
+            found.append(
+                ((*here, "student", "keep_layers"), f"layers {outside} do not exist: the teacher ({teacher_name}) "
+                 f"has {layers} layers, numbered 0-{layers - 1}")
+            )  # fmt: skip
+    return found
+
+
+def local_model_config(name: str, base_dir: Path) -> dict | None:
+    """A model's config.json when it is on this machine (built-in, directory, adapter's base, hub cache);
+    None when only loading would tell (an uncached hub id, a registry URI)."""
+    import json
+
+    from tuneloop.models import builtin
+    from tuneloop.models.builtin import BUILTIN_MODELS
+
+    if name.startswith("models:/"):
+        return None
+    if name in BUILTIN_MODELS:
+        path = builtin.path(name)
+    else:
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() or path.exists() else base_dir / path
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return json.loads((path / "config.json").read_text())
+        adapter = path / "adapter_config.json"
+        if adapter.is_file():
+            base = json.loads(adapter.read_text()).get("base_model_name_or_path")
+            return local_model_config(base, base_dir) if base and base != name else None
+        return None
+    if "/" in name and not name.startswith((".", "/", "~")):
+        with contextlib.suppress(Exception):
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+            if isinstance(cached, str):
+                return json.loads(Path(cached).read_text())
+    return None
 
 
 def _check_generation_counts(stage, here: tuple) -> Found:

@@ -24,6 +24,7 @@ GENERATION_METRICS = (
     "token_f1",
     "similarity",
     "synopsis_rules",  # share of answers following Debian's synopsis rules (tuneloop.rewards)
+    "reward_score",  # mean score of the task's `reward_model`
 )
 CLASSIFICATION_METRICS = (
     "accuracy",
@@ -84,6 +85,20 @@ class EvalTask(Section):
         "`evaluate` metric (needs the hub).",
     )
     generation: Generation = Field(default_factory=Generation, description="Decoding settings.")
+    reward_model: str | None = Field(
+        None,
+        description="A reward model that scores each answer given its prompt (a sequence classifier with one "
+        "output, e.g. what a `reward` stage saved: its directory, a hub id, `models:/NAME@ALIAS`); adds the "
+        "metric `reward_score` (mean score, with CI) to a generation task.",
+    )
+
+    @model_validator(mode="after")
+    def _reward_score_has_a_model(self) -> EvalTask:
+        if self.metrics and "reward_score" in self.metrics and not self.reward_model:
+            raise ValueError("metric `reward_score` needs the task's `reward_model:` (the model that gives the scores)")
+        if self.reward_model and self.kind not in (None, "generation"):
+            raise ValueError(f"`reward_model` scores generated answers; a {self.kind} task generates none")
+        return self
 
     @field_validator("metrics")
     @classmethod
@@ -106,7 +121,10 @@ class EvalTask(Section):
         return self.kind or builtin_kind or "generation"
 
     def resolved_metrics(self, kind: str) -> list[str]:
-        return list(self.metrics) if self.metrics is not None else list(DEFAULT_METRICS[kind])
+        names = list(self.metrics) if self.metrics is not None else list(DEFAULT_METRICS[kind])
+        if self.reward_model and "reward_score" not in names:
+            names.append("reward_score")
+        return names
 
 
 class GateRule(Section):

@@ -93,7 +93,7 @@ def markdown() -> str:
         for name, f in model.model_fields.items():
             desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
             typ = _type_name(f.annotation).replace("|", "\\|")
-            parts.append(f"| `{name}` | {typ} | {_default(f)} | {desc} |")
+            parts.append(f"| `{f.alias or name}` | {typ} | {_default(f)} | {desc} |")
     parts.append("\n## Stage `args` by method\n")
     for method in trainer_fields.methods():
         fields = trainer_fields.fields(method)

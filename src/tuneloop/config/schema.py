@@ -202,6 +202,43 @@ class Reward(Section):
 PREFERENCE_METHODS = ("reward", "dpo", "orpo", "cpo")
 ONLINE_METHODS = ("grpo", "rloo")
 REFERENCE_METHODS = ("dpo", "kto")
+KEEP_EVERY = re.compile(r"^every_([2-9]|[1-9]\d+)$")
+
+
+class Student(Section):
+    """The model a `distill` stage trains to imitate its teacher."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+    from_: str = Field(
+        "teacher",
+        alias="from",
+        description="`teacher` (start from the teacher's own weights, usually with `keep_layers`), or any model "
+        "reference with the teacher's vocabulary (built-in name, directory, hub id, `models:/NAME@ALIAS`).",
+    )
+    keep_layers: str | list[int] | None = Field(
+        None,
+        description="With `from: teacher`: the decoder layers the student keeps, as DistilBERT and Minitron "
+        "initialise students. `every_2` keeps half of them evenly spaced, first and last included (`every_3` a "
+        "third, ...); a list keeps those indices (0-based). Omitted: all layers (same-size student).",
+    )
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _keep_layers_form(cls, value: str | list[int] | None, info: ValidationInfo) -> str | list[int] | None:
+        if value is None:
+            return value
+        if info.data.get("from_", "teacher") != "teacher":
+            raise ValueError("`keep_layers` drops layers of the teacher; it needs `from: teacher`")
+        if isinstance(value, str):
+            if not KEEP_EVERY.match(value):
+                raise ValueError(f"keep_layers {value!r}: use every_N (N >= 2, e.g. every_2) or a list of indices")
+            return value
+        if not value:
+            raise ValueError("keep_layers: the list is empty; a student needs at least one layer")
+        if any(i < 0 for i in value) or len(set(value)) != len(value):
+            raise ValueError(f"keep_layers {value}: layer indices must be distinct and >= 0")
+        return sorted(value)
 
 
 class Stage(Section):
@@ -212,8 +249,8 @@ class Stage(Section):
         description="Stage name, unique in the recipe; `--set stages.NAME.args.x=...` addresses it.",
     )
     method: str = Field(
-        description="Training method: `sft`, `reward`, `dpo`, `kto`, `grpo`, `rloo` (TRL's stable trainers); "
-        "`orpo`, `cpo` (trl.experimental, with `experimental: true`). See docs/methods.md."
+        description="Training method: `sft`, `reward`, `dpo`, `kto`, `grpo`, `rloo`, `distill` (TRL's stable "
+        "trainers); `orpo`, `cpo` (trl.experimental, with `experimental: true`). See docs/methods.md."
     )
     base: str | None = Field(
         None,
@@ -235,6 +272,22 @@ class Stage(Section):
     )
     rewards: list[Reward] = Field(
         default_factory=list, description="`grpo`/`rloo`: the rewards the policy is optimised for, with weights."
+    )
+    teacher: str | None = Field(
+        None,
+        description="`distill`: the teacher. Default: the model the stage starts from (`base`: the previous "
+        "stage's output, e.g. an SFT model). Any model reference with the student's vocabulary.",
+    )
+    student: Student | None = Field(
+        None,
+        description="`distill`: the student, e.g. `{from: teacher, keep_layers: every_2}` (half depth) or "
+        "`{from: smollm2-135m-instruct}`.",
+    )
+    mode: Literal["on_policy", "off_policy"] | None = Field(
+        None,
+        description="`distill`: `on_policy` (default; the student answers the prompts and learns the teacher's "
+        "distribution on its own answers: TRL's DistillationTrainer, reverse KL) or `off_policy` (on the data's "
+        "completions, classic knowledge distillation, forward KL by default; no generation, much faster on CPU).",
     )
     args: dict[str, Any] = Field(
         default_factory=dict,
@@ -290,6 +343,27 @@ class Stage(Section):
             )
         if value and method is not None and method not in ONLINE_METHODS:
             raise ValueError(f"`rewards` apply to {'/'.join(ONLINE_METHODS)}; {method} does not generate")
+        return value
+
+    @field_validator("teacher", "mode")
+    @classmethod
+    def _distill_only(cls, value: Any, info: ValidationInfo) -> Any:
+        method = info.data.get("method")
+        if value is not None and method is not None and method != "distill":
+            raise ValueError(f"`{info.field_name}` is for `distill` stages; {method} has no teacher")
+        return value
+
+    @field_validator("student")
+    @classmethod
+    def _student_fits(cls, value: Student | None, info: ValidationInfo) -> Student | None:
+        method = info.data.get("method")
+        if method == "distill" and value is None:
+            raise ValueError(
+                "distill needs `student:`, e.g. student: {from: teacher, keep_layers: every_2} (half depth) or "
+                "student: {from: MODEL} (a smaller model with the teacher's vocabulary)"
+            )
+        if value is not None and method is not None and method != "distill":
+            raise ValueError(f"`student` is for `distill` stages; {method} trains the model it starts from")
         return value
 
     @field_validator("args")

@@ -25,6 +25,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "kto": "KTOConfig",
     "grpo": "GRPOConfig",
     "rloo": "RLOOConfig",
+    "distill": "DistillationConfig",
     "orpo": "trl.experimental.orpo:ORPOConfig",
     "cpo": "trl.experimental.cpo:CPOConfig",
 }
@@ -36,7 +37,7 @@ REMOVED: dict[str, str] = {
     "the same kind of reward without a value model (docs/methods.md)",
     "online_dpo": "online DPO is only in trl.experimental and tuneloop does not wrap it; use `grpo` with a reward "
     "model, or `dpo` on pairs you generated",
-    "gkd": "GKD moved to TRL's stable `DistillationTrainer`: use `method: distill`",
+    "gkd": "GKD moved to TRL's stable `DistillationTrainer`: use `method: distill` (`mode: on_policy`)",
 }
 
 # Arguments a recipe may not set: tuneloop sets them itself, or the launcher does.
@@ -50,6 +51,8 @@ MANAGED_ARGS: dict[str, str] = {
     "deepspeed": LAUNCHER,
     "fsdp": LAUNCHER,
     "fsdp_config": LAUNCHER,
+    "teacher_model_name_or_path": "set by tuneloop from the stage's `teacher:` (default: the model it starts from)",
+    "teacher_model_init_kwargs": "set by tuneloop: the teacher loads with the recipe's `base_model` settings",
 }
 
 

@@ -26,7 +26,16 @@ from tuneloop.eval.bootstrap import ScoreFn, bootstrap_ci, ovr_auc, point_score,
 from tuneloop.eval.bootstrap import paired_bootstrap as paired_bootstrap  # re-exported: comparisons go by metric name
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-GENERATION_METRICS = ["bleu", "chrf", *ROUGE_TYPES, "exact_match", "token_f1", "similarity", "synopsis_rules"]
+GENERATION_METRICS = [
+    "bleu",
+    "chrf",
+    *ROUGE_TYPES,
+    "exact_match",
+    "token_f1",
+    "similarity",
+    "synopsis_rules",
+    "reward_score",  # the task's reward model (eval.runner scores it: it needs the prompts and a model)
+]
 # metric -> the data columns it reads besides prompt and reference (kept through formatting by eval.tasks)
 METRIC_COLUMNS = {"synopsis_rules": ["package"]}
 PRF = [f"{m}_{avg}" for avg in ("macro", "micro") for m in ("precision", "recall", "f1")]
@@ -261,9 +270,11 @@ def generation_metrics(
     resamples: int = 1000,
     embedder: Any = None,
     columns: dict[str, list[Any]] | None = None,
+    reward_scores: Sequence[float] | None = None,
 ) -> dict[str, MetricValue]:
     """Score generated text against one or more references per example; `embedder` replaces the MiniLM model.
-    `columns` holds per-example data some metrics read (METRIC_COLUMNS), such as the package name."""
+    `columns` holds per-example data some metrics read (METRIC_COLUMNS), such as the package name;
+    `reward_scores` a reward model's score of each answer (`reward_score`, computed by the runner)."""
     names = _check_names(names, GENERATION_METRICS, "generation")
     _ref_streams(predictions, references)  # validates lengths and reference lists once, before any metric runs
     kw = {"resamples": resamples, "seed": rng_seed}
@@ -288,6 +299,10 @@ def generation_metrics(
         packages = (columns or {}).get("package") or [None] * len(predictions)
         ok = [100.0 * follows_synopsis_rules(p, pkg) for p, pkg in zip(predictions, packages, strict=True)]
         out["synopsis_rules"] = _mean_metric("synopsis_rules", ok, **kw)
+    if "reward_score" in names:
+        if reward_scores is None or len(reward_scores) != len(predictions):
+            raise TuneloopError("reward_score needs one reward-model score per prediction (the task's reward_model)")
+        out["reward_score"] = _mean_metric("reward_score", reward_scores, **kw)
     return {n: out[n] for n in names}
 
 

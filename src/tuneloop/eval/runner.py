@@ -6,6 +6,7 @@ With several models, each later one is compared with the first by a paired boots
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -87,7 +88,7 @@ def evaluate_model(
         if model is not None:
             evmodels.check_template(model, entry.get("chat_template_sha256"), t.fmt, t.task.name)
         tick = progress(f"{spec.label} · {t.task.name}", len(t.prompts)) if progress else None
-        result, stats = _run_task(engine, t, resamples, tick)
+        result, stats = _run_task(engine, t, resamples, tick, base_dir, say)
         served = result.get("serving")
         if served and price is not None:  # an endpoint's provider prices its own tokens: no rate of ours applies
             tokens = served["prompt_tokens"] + served["generated_tokens"]
@@ -108,7 +109,9 @@ def evaluate_model(
     return run
 
 
-def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _run_task(
+    engine: Any, t: TaskRows, resamples: int, tick, base_dir: Path = Path("."), say: Callable[[str], None] = print
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     result: dict[str, Any] = {"kind": t.kind, "rows": len(t.prompts), "data": t.data, "metrics": {}}
     builtin = [m for m in t.metrics if not m.startswith("evaluate:")]
     external = [m for m in t.metrics if m.startswith("evaluate:")]
@@ -134,7 +137,12 @@ def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str,
         }
         result["lengths"] = M.length_stats([a.tokens for a in answers], predictions)
     if t.kind == "generation":
-        values = M.generation_metrics(predictions, t.references, builtin, resamples=resamples, columns=t.columns)
+        rewards = None
+        if "reward_score" in builtin:
+            rewards = reward_scores(t.task.reward_model, base_dir, t.prompts, predictions, say)
+        values = M.generation_metrics(
+            predictions, t.references, builtin, resamples=resamples, columns=t.columns, reward_scores=rewards
+        )
     elif t.kind == "classification":
         y_true = [r[0] for r in t.references]
         y_pred = [parse_label(p, t.labels or []) for p in predictions]
@@ -180,6 +188,45 @@ def _run_task(engine: Any, t: TaskRows, resamples: int, tick) -> tuple[dict[str,
         for i, (p, r) in enumerate(zip(t.prompts, t.references, strict=True))
     ]
     return result, stats
+
+
+@functools.cache
+def _reward_model(ref: str, base_dir: Path, say: Callable[[str], None]) -> tuple[Any, Any]:
+    """Loaded once per evaluation: every model of a comparison is scored by the same reward model."""
+    from transformers import AutoTokenizer
+
+    from tuneloop.config.schema import ModelRef
+    from tuneloop.models.loading import load_reward_model, resolve
+
+    source = resolve(ModelRef(name=ref), base_dir, log=say)
+    say(f"reward model: {ref}")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return load_reward_model(source), tokenizer
+
+
+def reward_scores(
+    ref: str, base_dir: Path, prompts: list[Any], answers: list[str], say: Callable[[str], None], batch: int = 16
+) -> list[float]:
+    """The reward model's score of each answer after its prompt, rendered with the reward model's chat template
+    (as TRL's RewardTrainer saw its pairs), in batches."""
+    import torch
+
+    model, tokenizer = _reward_model(ref, base_dir, say)
+    texts = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        if isinstance(prompt, list) and tokenizer.chat_template:
+            turns = [*prompt, {"role": "assistant", "content": answer}]
+            texts.append(tokenizer.apply_chat_template(turns, tokenize=False))
+        else:
+            texts.append(_prompt_text(prompt) + answer)
+    scores: list[float] = []
+    for i in range(0, len(texts), batch):
+        enc = tokenizer(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=1024)
+        with torch.inference_mode():
+            scores += model(**enc).logits[:, 0].float().tolist()
+    return scores
 
 
 def _label_probabilities(engine: Any, t: TaskRows) -> np.ndarray:

@@ -144,6 +144,24 @@ def load_model(source: str, ref: ModelRef, qlora: Peft | None = None, reward_hea
         raise ModelLoadError(f"cannot load model {ref.name!r} from {source!r}: {e}") from e
 
 
+def load_reward_model(source: str) -> Any:
+    """A reward model (sequence classifier with one output) from a local path, adapters folded in, in eval mode."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        if (Path(source) / "adapter_config.json").is_file():
+            from peft import AutoPeftModelForSequenceClassification
+
+            model = AutoPeftModelForSequenceClassification.from_pretrained(source, num_labels=1).merge_and_unload()
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load reward model from {source!r}: {e}") from e
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model.eval()
+
+
 def load_reference(name: str, base_dir: Path, like: ModelRef, log=print):
     """A model a stage names besides the one it trains (reference, teacher, reward model), with the base
     model's loading settings; an adapter directory is folded into its base."""
@@ -205,3 +223,41 @@ def param_count(model) -> tuple[int, int]:
     total = sum(n for n, _ in sizes)
     trainable = sum(n for n, grad in sizes if grad)
     return trainable, total
+
+
+def kept_layers(spec: str | list[int], layers: int) -> list[int]:
+    """The decoder layers a student keeps: `every_N` → layers/N of them evenly spaced with the first and the last
+    (the two that matter most: input embedding side and output head side), or an explicit list."""
+    if isinstance(spec, list):
+        outside = [i for i in spec if i >= layers]
+        if outside:
+            raise ModelLoadError(f"student.keep_layers: layers {outside} do not exist; the teacher has {layers}")
+        return spec
+    every = int(spec.removeprefix("every_"))
+    count = max(1, -(-layers // every))  # ceil: 30 layers, every_2 → 15
+    if count == 1:
+        return [layers - 1]
+    return sorted({round(k * (layers - 1) / (count - 1)) for k in range(count)})
+
+
+def drop_layers(model: Any, keep: list[int]) -> Any:
+    """Keep only the listed decoder layers of a causal LM, in place, renumbered so the KV cache indexes them."""
+    import torch
+
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise ModelLoadError(
+            f"student.keep_layers: {type(model).__name__} keeps its decoder layers somewhere other than "
+            "`.layers`; give the student as a model (`student: {from: MODEL}`) instead"
+        )
+    decoder.layers = torch.nn.ModuleList(layers[i] for i in keep)
+    for new, layer in enumerate(decoder.layers):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    config = model.config.get_text_config()
+    if getattr(config, "layer_types", None):
+        config.layer_types = [config.layer_types[i] for i in keep]
+    config.num_hidden_layers = len(keep)
+    return model

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
 
 from tuneloop.config.schema import Reward, Stage
 from tuneloop.errors import TuneloopError
-from tuneloop.models.loading import load_model, load_tokenizer, resolve
+from tuneloop.models.loading import load_model, load_reward_model, load_tokenizer, resolve
 from tuneloop.train.stage import StageContext, finish, lora_config, stage_data, trl_args
 
 ZERO_STD_WARN = 0.8
@@ -87,18 +86,9 @@ def _import_function(ref: str, where: str) -> Callable[..., Any]:
 
 
 def _reward_model(reward: Reward, ctx: StageContext) -> Any:
-    """A sequence classifier with one output, adapters folded in, in eval mode."""
-    from transformers import AutoModelForSequenceClassification
-
     source = resolve(ctx.recipe.base_model.model_copy(update={"name": reward.model}), ctx.recipe_dir, log=ctx.say)
-    if (Path(source) / "adapter_config.json").is_file():
-        from peft import AutoPeftModelForSequenceClassification
-
-        model = AutoPeftModelForSequenceClassification.from_pretrained(source, num_labels=1).merge_and_unload()
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1)
     ctx.say(f"reward model: {reward.model}")
-    return model.eval()
+    return load_reward_model(source)
 
 
 def train_online(trainer_cls: type, config_cls: type, stage: Stage, ctx: StageContext) -> dict[str, Any]:

@@ -74,6 +74,7 @@ def trl_args(
         defaults["per_device_eval_batch_size"] = stage.args.get("per_device_train_batch_size", 8)
     if stage.method in ONLINE_METHODS:
         defaults["num_generations"] = 4  # TRL's 8 makes every step eight generations per prompt on a CPU
+    if stage.method in (*ONLINE_METHODS, "distill"):
         # the trainer cannot count inputs of generated batches (a warning every step); TRL logs `num_tokens`
         defaults["include_num_input_tokens_seen"] = "no"
     args = {**defaults, **stage.args, **(extra or {}), "output_dir": str(ctx.stage_dir(stage))}
@@ -103,6 +104,8 @@ def trl_args(
             args.update(num_generations=2, max_completion_length=min(args.get("max_completion_length") or 16, 16))
             args.pop("generation_batch_size", None)
             args.pop("steps_per_generation", None)
+        if stage.method == "distill":
+            args["max_completion_length"] = min(args.get("max_completion_length") or 16, 16)
     try:
         return config_cls(**args)
     except (ValueError, TypeError) as e:
