@@ -36,6 +36,9 @@ app.add_typer(serve_app, name="serve")
 from tuneloop.data.commands import app as data_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(data_app, name="data")
+from tuneloop.feedback.commands import app as feedback_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(feedback_app, name="feedback")
 
 SetOpt = Annotated[
     list[str] | None,

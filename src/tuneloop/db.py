@@ -1,22 +1,26 @@
-"""The workspace database: API keys and the request log of `tuneloop serve` (the feedback store joins them).
+"""The workspace database: API keys and the request log of `tuneloop serve`, and the feedback store.
 
 SQLite in the workspace by default (WAL, so the gateway appends while a user reads the log); any SQLAlchemy URL in
 `TUNELOOP_DATABASE_URL` (for example `postgresql+psycopg://...`) lets several gateways and the feedback app share
-one. Tables are only ever created, never dropped or rewritten, so upgrading tuneloop cannot lose stored rows.
+one. The schema is Alembic's (src/tuneloop/migrations), applied on first contact under a lock; revisions only
+create, never drop or rewrite, so upgrading tuneloop cannot lose stored rows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 
 from tuneloop import workspace
 
 metadata = MetaData()
+VERSION_TABLE = "tuneloop_schema_version"
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -44,12 +48,44 @@ def engine() -> Engine:
         eng = create_engine(target, pool_pre_ping=True)
         if eng.dialect.name == "sqlite":
             event.listen(eng, "connect", _sqlite_pragmas)
-        # the tables of every package that stores rows (importing registers them on `metadata`)
-        from tuneloop.serve import store  # noqa: F401
+        # the tables of every package that stores rows (importing registers them on `metadata` for queries)
+        from tuneloop.feedback import store as _feedback  # noqa: F401
+        from tuneloop.serve import store as _serve  # noqa: F401
 
-        metadata.create_all(eng)
+        migrate(eng)
         _engines[target] = eng
         return eng
+
+
+def migrate(eng: Engine) -> None:
+    """Bring the schema to the newest revision; concurrent processes take turns (a file lock for SQLite, an
+    advisory lock for PostgreSQL), and the second finds nothing left to do."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", "tuneloop:migrations")
+    with _migration_lock(eng), eng.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(74612970)"))
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+@contextlib.contextmanager
+def _migration_lock(eng: Engine) -> Iterator[None]:
+    database = eng.url.database if eng.dialect.name == "sqlite" else None
+    if not database or database == ":memory:":
+        yield
+        return
+    import fcntl
+
+    with open(f"{database}.migrate.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

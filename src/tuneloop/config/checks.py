@@ -190,6 +190,35 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
     return found
 
 
+def check_campaign(campaign, base_dir: Path) -> Found:
+    """A campaign's prompts exist (the split, the columns its format reads), its models exist, its guidelines
+    file is there, and gold items have references to be built from."""
+    from tuneloop.config.evaluation import EvalTask
+    from tuneloop.data.sources import effective_format
+
+    found: Found = check_tasks(
+        [EvalTask(name="prompts", data=campaign.data, split=campaign.split)], None, base_dir, ("prompts",)
+    )
+    found = [(loc[2:], msg) for loc, msg in found]  # the task's `data`/`split` are the campaign's
+    for i, model in enumerate(campaign.models):
+        if model.model:
+            found += [(("models", i, "model"), msg) for msg in model_ref_problems(model.model, base_dir)]
+    text = campaign.guidelines
+    if text.endswith(".md") and "\n" not in text and not (base_dir / text).is_file() and not Path(text).is_file():
+        found.append((("guidelines",), f"no guidelines file {text!r} (give a .md path next to the campaign, or text)"))
+    if campaign.gold_share > 0:
+        try:
+            fmt = effective_format(campaign.data)
+        except KeyError:
+            fmt = None
+        if fmt is not None and not fmt.completion:
+            found.append(
+                (("gold_share",), "gold items are built from references, and this data's format has no "
+                 "`completion`; set gold_share: 0 or give the format a completion")
+            )  # fmt: skip
+    return found
+
+
 def _check_model(recipe: Recipe, base_dir: Path) -> Found:
     ref = recipe.base_model
     return [(("base_model",), msg) for msg in model_ref_problems(ref.name, base_dir)] + _check_template(ref, base_dir)

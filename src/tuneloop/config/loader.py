@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from tuneloop.config import trainer_fields
 from tuneloop.config.errors import Problem, RecipeError
 from tuneloop.config.evaluation import EvalSuite
+from tuneloop.config.feedback import Campaign
 from tuneloop.config.schema import Recipe
 from tuneloop.config.yamlsource import KeyPath, Where, display_path, load_located, parse
 
@@ -81,6 +82,36 @@ def load_suite(path: str | Path) -> EvalSuite:
             problems.append(Problem(file, line, _dotted(key_path, raw), message))
         raise RecipeError(_sorted(_dedupe(problems)))
     return suite
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """Load and validate a feedback campaign (`configs/feedback/*.yaml`); RecipeError lists every problem with
+    its file and line, as for recipes."""
+    from tuneloop.config.checks import check_campaign
+
+    path = Path(path)
+    if not path.is_file():
+        found = _find_default(f"feedback/{path}", Path.cwd())
+        if found is None:
+            raise RecipeError([Problem(str(path), None, "", "no such campaign file (nor under configs/feedback/)")])
+        path = found
+    raw, where = _load_with_defaults(path, chain=())
+    shown = display_path(path)
+    if not isinstance(raw, dict):
+        raise RecipeError([Problem(shown, 1, "", "a campaign is a YAML mapping (key: value lines)")])
+    try:
+        campaign = Campaign.model_validate(raw)
+    except ValidationError as e:
+        problems = [_problem_from_pydantic(err, raw, where, (shown, None), Campaign) for err in e.errors()]
+        raise RecipeError(_sorted(_dedupe(problems))) from None
+    found = check_campaign(campaign, path.parent)
+    if found:
+        problems = []
+        for key_path, message in found:
+            file, line = _locate(key_path, where, (shown, None))
+            problems.append(Problem(file, line, _dotted(key_path, raw), message))
+        raise RecipeError(_sorted(_dedupe(problems)))
+    return campaign
 
 
 def find_suite(entry: str, near: Path) -> Path | None:

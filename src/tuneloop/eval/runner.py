@@ -55,34 +55,19 @@ def evaluate_model(
     price: Price | None = None,
 ) -> ModelRun:
     from tuneloop.eval import models as evmodels
-    from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
 
     started = time.perf_counter()
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
-    model = None
-    params = None
     if spec.endpoint:
-        engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref)
-        entry["backend"] = "endpoint"
         for t in tasks:
             if t.kind == "perplexity":
                 raise TuneloopError(
                     f"task {t.task.name} (perplexity) needs token log-probabilities, which an OpenAI-compatible "
                     "endpoint does not return for a given text; evaluate the checkpoint with --backend transformers"
                 )
-    else:
-        model = evmodels.resolve_model(spec.ref, base_dir, say=say)
-        if backend == "vllm":
-            engine = VllmBackend(evmodels.merged_dir(model), evmodels.load_tokenizer(model))
-            params = safetensors_params(engine.path)
-        else:
-            lm, tokenizer = evmodels.load_for_eval(model)
-            engine = TransformersBackend(model.path, tokenizer, lm)
-            params = lm.num_parameters()
-        entry["parameters"] = params
-        entry["weights_sha256"] = evmodels.weights_sha256(model.path)
-        entry["trained"] = model.record
-    entry.update(engine.describe())
+    engine, model, info = open_engine(spec, backend, base_dir, say)
+    entry.update(info)
+    params = info.get("parameters")
     run = ModelRun(entry)
     for t in tasks:
         if model is not None:
@@ -107,6 +92,33 @@ def evaluate_model(
         )
         entry["cost"] = account(price, entry["wall_s"], 1, tokens, params, "inference")
     return run
+
+
+def open_engine(spec: ModelSpec, backend: str, base_dir: Path, say: Callable[[str], None]) -> tuple[Any, Any, dict]:
+    """The generation engine for one model (an endpoint, vLLM, or transformers), the resolved checkpoint (None
+    for an endpoint), and what identifies it: parameters, weights hash, training record, engine description."""
+    from tuneloop.eval import models as evmodels
+    from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
+
+    info: dict[str, Any] = {}
+    if spec.endpoint:
+        engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref)
+        info["backend"] = "endpoint"
+        info.update(engine.describe())
+        return engine, None, info
+    model = evmodels.resolve_model(spec.ref, base_dir, say=say)
+    if backend == "vllm":
+        engine = VllmBackend(evmodels.merged_dir(model), evmodels.load_tokenizer(model))
+        params = safetensors_params(engine.path)
+    else:
+        lm, tokenizer = evmodels.load_for_eval(model)
+        engine = TransformersBackend(model.path, tokenizer, lm)
+        params = lm.num_parameters()
+    info["parameters"] = params
+    info["weights_sha256"] = evmodels.weights_sha256(model.path)
+    info["trained"] = model.record
+    info.update(engine.describe())
+    return engine, model, info
 
 
 def _run_task(
