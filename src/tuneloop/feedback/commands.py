@@ -138,6 +138,25 @@ def _clean(value):
     return value if isinstance(value, int | float | str | bool | type(None)) else str(value)
 
 
+@app.command("serve")
+@_guard
+def serve(
+    name: CampaignArg,
+    host: Annotated[
+        str, typer.Option("--host", help="Interface to listen on (0.0.0.0 for the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port of the rater app.")] = 7860,
+) -> None:
+    """The rater app (Gradio): raters log in with their accounts and judge one item at a time; admins also see
+    progress, agreement, the ranking and flagged raters."""
+    from tuneloop.feedback import app as rater_app
+    from tuneloop.feedback import store
+
+    store.campaign(name)  # a clear error before the server starts
+    out.print(f"rater app for {name} at http://{host}:{port} (accounts: tuneloop feedback raters add NAME)")
+    rater_app.serve(name, host, port)
+
+
 @app.command("close")
 @_guard
 def close(name: CampaignArg) -> None:
