@@ -145,3 +145,130 @@ def test_browser_login_vote_by_click_and_keyboard_admin_view_and_no_script_runs(
         browser.close()
     choices = sorted(v["value"]["choice"] for v in store.all_votes("xss"))
     assert choices == ["left", "right"]
+
+
+def _synthetic_campaign(name: str, items: int, overlap: int) -> None:
+    from tuneloop.feedback import store
+
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"describe package {i}"}],
+            "reference": f"tool number {i}",
+            "source": {"row": i},
+            "gold": False,
+            "responses": [
+                {
+                    "model": "good",
+                    "model_ref": "g",
+                    "model_version": None,
+                    "text": f"tool number {i}",
+                    "tokens": 3,
+                    "correct": None,
+                },
+                {
+                    "model": "bad",
+                    "model_ref": "b",
+                    "model_version": None,
+                    "text": "something else",
+                    "tokens": 2,
+                    "correct": None,
+                },
+            ],
+        }
+        for i in range(items)
+    ]
+    spec = {"name": name, "overlap": overlap, "tasks": {"pairwise": True, "rating": [], "rewrite": False},
+            "gold_threshold": 0.7, "gold_min_items": 5, "export": {}}  # fmt: skip
+    store.save_campaign(spec, "Prefer the accurate answer.", "test", rows)
+
+
+def _accounts(n: int) -> list[tuple[str, str]]:
+    from tuneloop.feedback import store
+
+    accounts = [(f"sim-{i:03d}", f"sim-password-{i:03d}") for i in range(n)]
+    for name, password in accounts:
+        store.add_rater(name, password)
+    return accounts
+
+
+@pytest.mark.slow
+def test_fifty_raters_at_once_leave_exactly_their_votes(workspace):
+    from tuneloop.feedback import app, store
+    from tuneloop.feedback.simulate import simulate
+
+    _synthetic_campaign("load", items=120, overlap=10)  # 1200 places for 1000 votes: nobody runs dry
+    accounts = _accounts(50)
+    port = _free_port()
+    app.serve("load", port=port, block=False)
+    try:
+        refs = {f"describe package {i}": f"tool number {i}" for i in range(120)}
+        result = simulate(f"http://127.0.0.1:{port}/", accounts, 20, prefer="reference", noise=0.1, references=refs)
+    finally:
+        import gradio as gr
+
+        gr.close_all()
+    assert result.errors == [] and result.votes == 1000
+    votes = store.all_votes("load")
+    assert len(votes) == 1000
+    assert len({(v["rater"], v["item_id"]) for v in votes}) == 1000  # nobody judged an item twice
+    per_item = {}
+    for v in votes:
+        per_item[v["item_id"]] = per_item.get(v["item_id"], 0) + 1
+    assert max(per_item.values()) <= 10  # overlap holds under concurrency
+    good = sum(v["value"]["winner"] is not None and store.item_rows("load")[v["item_id"]]["responses"][
+        v["value"]["winner"]]["model"] == "good" for v in votes[:200])  # fmt: skip
+    assert good > 150  # raters preferring the reference picked the good answer (10% noise)
+    print("load:", result.summary())
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_loses_no_acknowledged_vote(workspace, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from tuneloop.feedback import store
+    from tuneloop.feedback.simulate import simulate
+
+    _synthetic_campaign("crash", items=40, overlap=5)
+    accounts = _accounts(8)
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tuneloop", "feedback", "serve", "crash", "--port", str(port)],
+        env={**os.environ},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        import urllib.request
+
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except Exception:
+                time.sleep(0.5)
+        outcome = {}
+        stop = threading.Event()
+        runner = threading.Thread(
+            target=lambda: outcome.setdefault("r", simulate(f"http://127.0.0.1:{port}/", accounts, 25, stop=stop))
+        )
+        runner.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and len(store.all_votes("crash")) < 40:
+            time.sleep(0.05)
+        server.send_signal(signal.SIGKILL)  # mid-run: raters are still voting
+        runner.join(timeout=120)
+    finally:
+        server.kill()
+        server.wait()
+    result = outcome["r"]
+    assert result.votes >= 40 and result.errors  # the raters saw the server go away
+    stored = {
+        (v["rater"], store.item_rows("crash")[v["item_id"]]["prompt"][0]["content"]) for v in store.all_votes("crash")
+    }
+    lost = [ack for ack in result.acknowledged if ack not in stored]
+    assert lost == [], f"{len(lost)} acknowledged votes are not in the store"

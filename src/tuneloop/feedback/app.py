@@ -52,7 +52,7 @@ def build(name: str) -> gr.Blocks:
     questions = spec["tasks"]["rating"]
 
     def progress(rater: str) -> str:
-        mine = store.status(name)["raters"].get(rater, 0)
+        mine = store.rater_votes(name, rater)
         return f"**{rater}** · {mine} votes cast · campaign {name}"
 
     def show(task: str, request: gr.Request):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,10 +35,11 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     insert,
+    literal,
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from tuneloop.db import metadata
 from tuneloop.errors import TuneloopError
@@ -126,6 +128,26 @@ votes = Table(
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _retry_locked(fn):
+    """SQLite in WAL mode refuses a read transaction's upgrade to a write when another writer went first
+    (SQLITE_BUSY without waiting); the whole transaction is then safe to run again, so it is, with a short backoff.
+    PostgreSQL never gets here (its row locks wait)."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        for attempt in range(60):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as e:
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(min(0.005 * 2**attempt, 0.2) * (0.5 + random.random()))
+        return fn(*args, **kwargs)
+
+    return run
 
 
 def _engine():
@@ -296,6 +318,14 @@ def status(name: str) -> dict[str, Any]:
     }
 
 
+def rater_votes(name: str, rater: str) -> int:
+    """How many votes the rater has cast in the campaign (the app's progress line: one indexed count)."""
+    with _engine().connect() as conn:
+        return conn.execute(
+            select(func.count()).select_from(votes).where(votes.c.campaign == name, votes.c.rater == rater)
+        ).scalar_one()
+
+
 def active_tasks(spec: dict[str, Any]) -> list[str]:
     t = spec["tasks"]
     return [
@@ -325,6 +355,7 @@ class Assignment:
     right_id: int | None = None
 
 
+@_retry_locked
 def next_assignment(name: str, rater: str, task: str, seed: int | None = None) -> Assignment | None:
     """The rater's next item for `task`: the one already shown and not yet voted on, else the first item (queue
     order) the rater has not seen that still lacks `overlap` votes and is not held by enough open assignments.
@@ -377,7 +408,8 @@ def next_assignment(name: str, rater: str, task: str, seed: int | None = None) -
 
 
 def _assign(conn, item_id: int, rater: str, task: str, spec: dict[str, Any], seed: int | None) -> int | None:
-    """Insert the assignment; None when a concurrent request of the same rater took this item first."""
+    """Insert the assignment; None when the item filled up meanwhile or the same rater's concurrent request took
+    it first."""
     rows = conn.execute(select(responses).where(responses.c.item_id == item_id).order_by(responses.c.id)).all()
     rng = random.Random(seed) if seed is not None else random.SystemRandom()
     if task == "pairwise":
@@ -392,13 +424,30 @@ def _assign(conn, item_id: int, rater: str, task: str, spec: dict[str, Any], see
         values = {"left_id": left.id, "right_id": right.id, "swapped": swapped}
     else:
         values = {"left_id": rng.choice(rows).id, "right_id": None, "swapped": False}
+    # Count and insert in one statement, after locking the item row (PostgreSQL; SQLite has one writer, and a
+    # stale read fails the write, which _retry_locked repeats): two raters racing for the last free place of an
+    # item cannot both get it, so `overlap` holds under any concurrency.
+    conn.execute(select(items.c.id).where(items.c.id == item_id).with_for_update())
+    taken = (
+        select(func.count())
+        .select_from(assignments)
+        .where(assignments.c.item_id == item_id, assignments.c.task == task)
+        .scalar_subquery()
+    )
+    row = {"item_id": item_id, "rater": rater, "task": task, "shown_at": _now(), **values}
+    source = select(*(literal(v, assignments.c[k].type) for k, v in row.items())).where(taken < spec["overlap"])
     try:
         with conn.begin_nested():
-            return conn.execute(
-                insert(assignments).values(item_id=item_id, rater=rater, task=task, shown_at=_now(), **values)
-            ).inserted_primary_key[0]
-    except IntegrityError:
+            done = conn.execute(insert(assignments).from_select(list(row), source)).rowcount
+    except IntegrityError:  # the same rater's concurrent request took this item first
         return None
+    if not done:
+        return None
+    return conn.execute(
+        select(assignments.c.id).where(
+            assignments.c.item_id == item_id, assignments.c.rater == rater, assignments.c.task == task
+        )
+    ).scalar_one()
 
 
 def _load_assignment(conn, assignment_id: int, info: dict[str, Any]) -> Assignment:
@@ -424,6 +473,7 @@ def _load_assignment(conn, assignment_id: int, info: dict[str, Any]) -> Assignme
     )
 
 
+@_retry_locked
 def record_vote(
     assignment_id: int, rater: str, value: dict[str, Any], idempotency_key: str, comment: str | None = None
 ) -> int:
