@@ -190,6 +190,7 @@ def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
     assert ranking["first"]["rank"] == 1 and (ranking["first"]["wins"], ranking["first"]["losses"]) == (11, 1)
     agreement = rep["agreement"]["pairwise"]
     assert agreement["n"] == 6 and agreement["ci_low"] <= agreement["value"] <= agreement["ci_high"] < 1
+    assert agreement["observed"] == pytest.approx(5 / 6)  # ann and bob agree on five of the six items
     status = invoke("feedback", "status", "tiny-campaign", "--json")
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["tasks"]["pairwise"]["complete_items"] == 9

@@ -156,7 +156,7 @@ def build(name: str) -> gr.Blocks:
                         api_name="rewrite",
                     )
                     demo.load(loader("rewrite"), None, w_outs[:5], api_name="next_rewrite")
-            with gr.Tab("Admin", id="admin", visible=True) as admin_tab:
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:  # shown to admins on load
                 a_summary = gr.Markdown("Admins only.")
                 a_ranking = gr.Dataframe(headers=["rank", "model", "score", "95% CI", "wins", "losses", "ties"])
                 a_plot = gr.Plot(label="Bradley–Terry scores with 95% CIs")
@@ -178,7 +178,8 @@ def admin(name: str, request: gr.Request) -> tuple[str, list[list], Any, list[li
         lines.append(f"- {task}: {t['votes']} votes, {t['complete_items']} items complete")
     for key, a in rep.get("agreement", {}).items():
         shown = "n/a" if a["value"] != a["value"] else f"{a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}]"
-        lines.append(f"- agreement ({key}, Krippendorff's alpha): {shown}")
+        observed = f"; raters agree on {a['observed']:.0%} of pairs" if a.get("observed") is not None else ""
+        lines.append(f"- agreement ({key}, Krippendorff's alpha): {shown}{observed}")
     if "position_bias" in rep:
         pb = rep["position_bias"]
         if pb["value"] == pb["value"]:
@@ -205,11 +206,12 @@ def _ranking_plot(ranking: list[dict]) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * max(len(ranking), 1)))
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.5 * max(len(ranking), 1)))
     for y, r in enumerate(reversed(ranking)):
         ax.errorbar(r["score"], y, xerr=[[r["score"] - r["ci_low"]], [r["ci_high"] - r["score"]]], fmt="o", capsize=4)
     ax.set_yticks(range(len(ranking)), [r["name"] for r in reversed(ranking)])
-    ax.set_xlabel("Bradley–Terry score (Elo scale)")
+    ax.set_xlabel("Bradley–Terry score (Elo scale), 95% CI")
+    ax.set_title(" ", pad=14)  # room for Gradio's label over the top-left corner
     fig.tight_layout()
     return fig
 

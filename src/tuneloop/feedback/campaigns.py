@@ -142,6 +142,10 @@ def report(name: str, resamples: int = 1000) -> dict[str, Any]:
             elif val["choice"] == "tie":
                 comparisons.append((a, b, "tie"))
         out["agreement"] = {"pairwise": stats.krippendorff_alpha(nominal, "nominal", resamples).as_dict()}
+        # raw agreement beside alpha: when nearly every vote goes one way, alpha sits near 0 however often raters
+        # agree (chance agreement is then high too), and readers need both numbers to see that
+        pairs = [(a, b) for r in nominal.values() for i, a in enumerate(r.values()) for b in list(r.values())[i + 1 :]]
+        out["agreement"]["pairwise"]["observed"] = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
         out["kappa"] = stats.cohen_kappa_pairs(nominal)
         out["position_bias"] = stats.position_bias(left_wins, decided).as_dict()
         if comparisons and len(models) >= 2:

@@ -107,7 +107,9 @@ def status(
     if rep["raters"]:
         out.print("  votes per rater: " + ", ".join(f"{r} {n}" for r, n in sorted(rep["raters"].items())))
     for key, a in rep.get("agreement", {}).items():
-        out.print(f"  agreement ({key}): Krippendorff's alpha {_ci(a)}" + (f" — {a['note']}" if a.get("note") else ""))
+        observed = f", observed {a['observed']:.0%}" if a.get("observed") is not None else ""
+        note = f" — {a['note']}" if a.get("note") else ""
+        out.print(f"  agreement ({key}): Krippendorff's alpha {_ci(a)}{observed}{note}")
     if "position_bias" in rep:
         out.print(f"  P(left answer wins): {_ci(rep['position_bias'])}")
     if rep.get("ranking"):
