@@ -62,26 +62,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, base_dir: 
 
 def load_suite(path: str | Path) -> EvalSuite:
     """Load and validate an evaluation suite file (`configs/eval/*.yaml`); RecipeError lists every problem."""
-    path = Path(path)
-    raw, where = _load_with_defaults(path, chain=())
-    shown = display_path(path)
-    if not isinstance(raw, dict):
-        raise RecipeError([Problem(shown, 1, "", "a suite is a YAML mapping (key: value lines)")])
-    try:
-        suite = EvalSuite.model_validate(raw)
-    except ValidationError as e:
-        problems = [_problem_from_pydantic(err, raw, where, (shown, None), EvalSuite) for err in e.errors()]
-        raise RecipeError(_sorted(_dedupe(problems))) from None
     from tuneloop.config.checks import check_tasks
 
-    found = check_tasks(suite.tasks, None, path.parent, ("tasks",))
-    if found:
-        problems = []
-        for key_path, message in found:
-            file, line = _locate(key_path, where, (shown, None))
-            problems.append(Problem(file, line, _dotted(key_path, raw), message))
-        raise RecipeError(_sorted(_dedupe(problems)))
-    return suite
+    return _load_validated(Path(path), EvalSuite, "suite", lambda s, d: check_tasks(s.tasks, None, d, ("tasks",)))
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -95,23 +78,29 @@ def load_campaign(path: str | Path) -> Campaign:
         if found is None:
             raise RecipeError([Problem(str(path), None, "", "no such campaign file (nor under configs/feedback/)")])
         path = found
+    return _load_validated(path, Campaign, "campaign", check_campaign)
+
+
+def _load_validated(path: Path, model: type[BaseModel], what: str, check) -> Any:
+    """A YAML file (with `defaults:`) validated against `model`, then `check(value, folder)`; every problem is
+    reported with its file and line."""
     raw, where = _load_with_defaults(path, chain=())
     shown = display_path(path)
     if not isinstance(raw, dict):
-        raise RecipeError([Problem(shown, 1, "", "a campaign is a YAML mapping (key: value lines)")])
+        raise RecipeError([Problem(shown, 1, "", f"a {what} is a YAML mapping (key: value lines)")])
     try:
-        campaign = Campaign.model_validate(raw)
+        value = model.model_validate(raw)
     except ValidationError as e:
-        problems = [_problem_from_pydantic(err, raw, where, (shown, None), Campaign) for err in e.errors()]
+        problems = [_problem_from_pydantic(err, raw, where, (shown, None), model) for err in e.errors()]
         raise RecipeError(_sorted(_dedupe(problems))) from None
-    found = check_campaign(campaign, path.parent)
+    found = check(value, path.parent)
     if found:
         problems = []
         for key_path, message in found:
             file, line = _locate(key_path, where, (shown, None))
             problems.append(Problem(file, line, _dotted(key_path, raw), message))
         raise RecipeError(_sorted(_dedupe(problems)))
-    return campaign
+    return value
 
 
 def find_suite(entry: str, near: Path) -> Path | None:

@@ -488,13 +488,9 @@ def record_vote(
         if a is None or a.rater != rater:  # the same answer either way: a rater learns nothing of others' work
             raise TuneloopError(f"assignment {assignment_id} is not {rater}'s")
         stored = _validated(a, value)
-        existing = conn.execute(
-            select(votes.c.id, votes.c.assignment_id).where(
-                (votes.c.idempotency_key == idempotency_key) | (votes.c.assignment_id == assignment_id)
-            )
-        ).first()
+        existing = _existing_vote(conn, idempotency_key, assignment_id)
         if existing is not None:
-            return existing.id
+            return existing
         info = conn.execute(
             select(campaigns.c.guidelines_sha, campaigns.c.status).where(campaigns.c.name == a.campaign)
         ).one()
@@ -517,14 +513,17 @@ def record_vote(
                         submitted_at=_now(),
                     )
                 ).inserted_primary_key[0]
-        except IntegrityError:  # a concurrent retry of the same vote won the race
-            pass
-    with _engine().connect() as conn:
-        return conn.execute(
-            select(votes.c.id).where(
-                (votes.c.idempotency_key == idempotency_key) | (votes.c.assignment_id == assignment_id)
-            )
-        ).scalar_one()
+        except IntegrityError:  # a concurrent retry of the same vote won the race: return the one it stored
+            return _existing_vote(conn, idempotency_key, assignment_id)
+
+
+def _existing_vote(conn, idempotency_key: str, assignment_id: int) -> int | None:
+    """The vote already stored under this key or for this assignment (one vote per assignment)."""
+    return conn.execute(
+        select(votes.c.id).where(
+            (votes.c.idempotency_key == idempotency_key) | (votes.c.assignment_id == assignment_id)
+        )
+    ).scalar()
 
 
 def _validated(a: Any, value: dict[str, Any]) -> dict[str, Any]:
