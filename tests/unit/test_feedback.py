@@ -276,3 +276,120 @@ def test_bad_campaign_file_is_refused_with_file_and_line(campaign_file, old, new
     assert result.exit_code == 2
     assert message in result.output
     assert re.search(rf"campaign\.yaml:\d+ {key}", result.output), result.output
+
+
+TRAFFIC_CAMPAIGN = """
+name: from-traffic
+requests: {{model: synopsis, since: 1h, sample: 4}}
+models:
+  - {{name: champion, logged: true}}
+  - {{name: challenger, model: {model}}}
+generation: {{max_new_tokens: 4, batch_size: 8}}
+overlap: 1
+guidelines: "Prefer the accurate synopsis."
+"""
+
+
+def _log_requests(records: list[dict]) -> None:
+    """Rows written by the gateway's own request log (the code `tuneloop serve` runs)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tuneloop.serve.store import RequestLog
+
+    log = RequestLog()
+    for i, r in enumerate(records):
+        chat = "messages" in r["body"]
+        text = r.get("output", f"answer {i}")
+        raw = {"choices": [{"message": {"role": "assistant", "content": text}} if chat else {"text": text}]}
+        log.append({
+            "request_id": f"req-{i}", "ts": datetime.now(UTC) - timedelta(minutes=r.get("age_min", 1)),
+            "key_id": "k1", "endpoint": "chat.completions" if chat else "completions",
+            "model": r.get("model", "synopsis"), "version": "3", "stream": False, "status": r.get("status", 200),
+            "latency_ms": 5.0, "ttft_ms": None, "body": r["body"], "raw": json.dumps(raw).encode(),
+        })  # fmt: skip
+    log.close()
+
+
+def test_campaign_prompts_sampled_from_served_traffic(database, write, tiny_model):
+    from tuneloop.feedback import store
+
+    def chat(text: str) -> dict:
+        return {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
+
+    _log_requests([
+        {"body": chat("Describe package foo")},
+        {"body": chat("Describe package foo"), "output": "again"},  # an exact repeat: dropped
+        {"body": {"prompt": "Describe package bar"}},
+        {"body": chat("Describe package baz"), "status": 400},  # failed: passed over
+        {"body": chat("Describe package old"), "age_min": 180},  # outside `since: 1h`
+        {"body": chat("Describe package other-model"), "model": "other"},
+        {"body": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}},
+        {"body": chat("Describe package qux")},
+        {"body": {"prompt": [1, 2, 3]}},  # token ids: not replayable as text
+    ])  # fmt: skip
+    path = write("traffic.yaml", TRAFFIC_CAMPAIGN.format(model=tiny_model))
+    result = invoke("feedback", "create", str(path))
+    assert result.exit_code == 0, result.output
+    assert "passed over: 1 failed, 2 not replayable" in result.output
+    assert "dedup: train 4 -> 3" in result.output
+    items = list(store.item_rows("from-traffic").values())
+    assert len(items) == 3 and not any(it["gold"] for it in items)
+    by_request = {it["source"]["requests"]["request_id"]: it for it in items}
+    assert set(by_request) == {"req-0", "req-2", "req-7"}
+    foo = by_request["req-0"]
+    assert foo["prompt"] == chat("Describe package foo")["messages"]  # the turns the model saw, system included
+    assert by_request["req-2"]["prompt"] == "Describe package bar"  # a completion's text stays text
+    logged = {r["model"]: r for r in foo["responses"].values()}
+    assert logged["champion"]["text"] == "answer 0" and logged["champion"]["model_version"] == "3"
+    assert logged["challenger"]["model_version"]  # generated now, by the tiny model
+
+
+TRAFFIC_BAD = [
+    ("sample: 4}", "sample: 4}\ndata: {source: debian-descriptions, task: synopsis}", "requests", "exactly one prompt"),
+    ("since: 1h", "since: yesterday", "requests.since", "neither a duration"),
+    ("overlap: 1", "overlap: 1\ngold_share: 0.2", "gold_share", "logged requests have none"),
+    ("sample: 4}", "sample: 4, prepare: [{step: split, fractions: {a: 1}}]}", "requests.prepare[0]", "makes no sense"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "key", "message"), TRAFFIC_BAD)
+def test_bad_traffic_campaign_is_refused(write, tiny_model, old, new, key, message):
+    text = TRAFFIC_CAMPAIGN.format(model=tiny_model)
+    assert old in text
+    path = write("traffic.yaml", text.replace(old, new, 1))
+    result = invoke("feedback", "validate", str(path))
+    assert result.exit_code == 2
+    assert message in result.output, result.output
+    assert re.search(rf"traffic\.yaml:\d+ {re.escape(key)}", result.output), result.output
+
+
+def test_a_recipe_can_carry_its_campaign(write, tiny_model):
+    write("guide.md", "Prefer accurate synopses.\n")
+    path = write(
+        "recipe.yaml",
+        f"""
+name: with-campaign
+base_model: {tiny_model}
+data: {{source: debian-descriptions, task: synopsis}}
+stages: [{{name: sft, method: sft, args: {{max_steps: 1}}}}]
+feedback:
+  name: with-recipe
+  data: {{source: debian-descriptions, task: synopsis}}
+  models: [{{name: a, model: {tiny_model}}}, {{name: b, model: {tiny_model}}}]
+  guidelines: guide.md
+""",
+    )
+    assert invoke("feedback", "validate", str(path)).exit_code == 0
+    assert invoke("validate", str(path)).exit_code == 0
+    path.write_text(path.read_text().replace("guidelines: guide.md", "guidelines: gone.md"))
+    for verb in (("feedback", "validate"), ("validate",)):
+        result = invoke(*verb, str(path))
+        assert result.exit_code == 2
+        assert re.search(r"recipe\.yaml:\d+ feedback\.guidelines: no guidelines file", result.output), result.output
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs/feedback").glob("*.yaml")), ids=str)
+def test_every_shipped_campaign_validates(path):
+    from tuneloop.config.loader import load_campaign
+
+    assert load_campaign(path).models

@@ -9,40 +9,8 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data, Recipe, template_fields
-
-Found = list[tuple[tuple, str]]
-
-# What each method needs to find in its rows when there is no format block (TRL's own column names) ...
-PAIRS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]
-METHOD_COLUMNS: dict[str, list[tuple[str, ...]]] = {
-    "sft": [("messages",), ("prompt", "completion"), ("text",)],
-    **{m: PAIRS for m in PREFERENCE_METHODS},
-    "kto": [("prompt", "completion", "label")],
-    **{m: [("prompt",)] for m in ONLINE_METHODS},
-    "distill": [("prompt",)],  # off_policy also needs `completion` (_check_distill)
-}
-# ... and which shapes of format block (Format.shape) it accepts.
-METHOD_SHAPES: dict[str, tuple[str, ...]] = {
-    "sft": ("messages", "prompt_completion"),
-    **{m: ("pairs",) for m in PREFERENCE_METHODS},
-    "kto": ("unpaired",),
-    **{m: ("prompt", "prompt_completion") for m in ONLINE_METHODS},
-    "distill": ("prompt", "prompt_completion"),
-}
-SHAPE_WORDS = {
-    "messages": "chat `messages`",
-    "prompt_completion": "`prompt` + `completion`",
-    "pairs": "`prompt` + `chosen` + `rejected` (preference pairs)",
-    "unpaired": "`prompt` + `completion` + `label` (unpaired preferences)",
-    "prompt": "`prompt` only",
-}
-SHAPE_EXAMPLE = {
-    "pairs": "format: {prompt: '{question}', chosen: '{good_answer}', rejected: '{bad_answer}'}",
-    "unpaired": "format: {prompt: '{question}', completion: '{answer}', label: thumbs_up}",
-    "prompt": "format: {prompt: '{question}'}",
-    "prompt_completion": "format: {prompt: '{question}', completion: '{answer}'}",
-}
+from tuneloop.config.data_checks import Found, check_data
+from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe, template_fields
 
 
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
@@ -56,12 +24,14 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
             continue
         if (id(data), stage.method) not in checked:
             checked.add((id(data), stage.method))
-            found += _check_data(data, loc, base_dir, stage.method)
+            found += check_data(data, loc, base_dir, stage.method)
     found += _check_stages(recipe, base_dir)
     if recipe.evaluation is not None:
         found += _check_evaluation(recipe, base_dir)
     found += _check_registry(recipe)
     found += _check_cost(recipe, base_dir)
+    if recipe.feedback is not None:
+        found += [(("feedback", *loc), msg) for loc, msg in check_campaign(recipe.feedback, base_dir)]
     return found
 
 
@@ -158,7 +128,7 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
             found.append((here, "no data: give the task a `data:` section (or the recipe one)"))
             continue
         if task.data is not None:
-            problems = _check_data(task.data, (*here, "data"), base_dir, "sft", training=False)
+            problems = check_data(task.data, (*here, "data"), base_dir, "sft", training=False)
             if problems:
                 found += problems
                 continue
@@ -196,17 +166,29 @@ def check_campaign(campaign, base_dir: Path) -> Found:
     from tuneloop.config.evaluation import EvalTask
     from tuneloop.data.sources import effective_format
 
-    found: Found = check_tasks(
-        [EvalTask(name="prompts", data=campaign.data, split=campaign.split)], None, base_dir, ("prompts",)
-    )
-    found = [(loc[2:], msg) for loc, msg in found]  # the task's `data`/`split` are the campaign's
+    found: Found = []
+    if campaign.data is not None:
+        found = check_tasks(
+            [EvalTask(name="prompts", data=campaign.data, split=campaign.split)], None, base_dir, ("prompts",)
+        )
+        found = [(loc[2:], msg) for loc, msg in found]  # the task's `data`/`split` are the campaign's
+    for i, step in enumerate(campaign.requests.prepare if campaign.requests else []):
+        if step.step in ("mix", "split") or (
+            step.step == "decontaminate" and (not step.against or any(a.data is None for a in step.against))
+        ):
+            why = (
+                "`decontaminate` needs `against:` (a data source) here: logged prompts have no eval split"
+                if step.step == "decontaminate"
+                else f"`{step.step}` makes no sense on logged prompts"
+            )
+            found.append((("requests", "prepare", i), why + "; use dedup, filter, decontaminate or sample"))
     for i, model in enumerate(campaign.models):
         if model.model:
             found += [(("models", i, "model"), msg) for msg in model_ref_problems(model.model, base_dir)]
     text = campaign.guidelines
     if text.endswith(".md") and "\n" not in text and not (base_dir / text).is_file() and not Path(text).is_file():
         found.append((("guidelines",), f"no guidelines file {text!r} (give a .md path next to the campaign, or text)"))
-    if campaign.gold_share > 0:
+    if campaign.gold_share > 0 and campaign.data is not None:
         try:
             fmt = effective_format(campaign.data)
         except KeyError:
@@ -421,186 +403,3 @@ def _check_template(ref, base_dir: Path) -> Found:
 def _exists(name: str, base_dir: Path) -> bool:
     p = Path(name).expanduser()
     return p.exists() or (base_dir / p).exists()
-
-
-def _check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bool = True) -> Found:
-    from tuneloop.data import builtin
-    from tuneloop.data.sources import FILE_TYPES, columns_of, effective_format, local_splits, source_kind
-
-    found: Found = []
-    kind = source_kind(data.source, base_dir)
-    columns: list[str] | None = None
-    splits: list[str] | None = None
-    if kind == "builtin":
-        name = str(data.source)
-        tasks = list(builtin.info(name)["tasks"])
-        if data.task is None:
-            found.append(((*loc, "task"), f"built-in dataset {name!r} needs a task: one of {', '.join(tasks)}"))
-        elif data.task not in tasks:
-            hint = trainer_fields.closest(data.task, tasks)
-            did = f"did you mean {hint}? " if hint else ""
-            found.append(((*loc, "task"), f"unknown task {data.task!r}; {did}tasks: {', '.join(tasks)}"))
-            return found
-        columns = builtin.columns(name, data.task)
-        splits = list(builtin.info(name)["splits"])
-    elif kind == "files":
-        files = local_splits(data.source, base_dir)
-        for split, path in files.items():
-            where = (*loc, "source", split) if isinstance(data.source, dict) else (*loc, "source")
-            if not path.exists():
-                found.append((where, f"file {str(path)!r} does not exist"))
-            elif path.suffix not in FILE_TYPES:
-                found.append((where, f"unsupported file type {path.suffix!r}; use {', '.join(FILE_TYPES)}"))
-        if found:
-            return found
-        if not files:
-            return [((*loc, "source"), f"no {'/'.join(FILE_TYPES)} files in {data.source!r}")]
-        splits = list(files)
-        try:
-            columns = columns_of(files.get(data.train_split) or next(iter(files.values())))
-        except (ValueError, OSError) as e:
-            found.append(((*loc, "source"), f"cannot read the first row: {e}"))
-    if data.task and kind != "builtin":
-        found.append(((*loc, "task"), "`task` applies to built-in datasets only"))
-    if splits is not None:
-        if training and data.train_split not in splits:
-            found.append(((*loc, "train_split"), f"no split {data.train_split!r}; splits: {', '.join(splits)}"))
-        if "eval_split" in data.model_fields_set and data.eval_split and data.eval_split not in splits:
-            found.append(((*loc, "eval_split"), f"no split {data.eval_split!r}; splits: {', '.join(splits)}"))
-    if columns is not None:
-        found += _check_columns(data, loc, columns, effective_format(data), method)
-    if data.prepare:
-        found += _check_prepare(data, loc, base_dir, columns, splits)
-    return found
-
-
-def _check_prepare(
-    data: Data, loc: tuple, base_dir: Path, columns: list[str] | None, splits: list[str] | None
-) -> Found:
-    """Columns, splits, group keys, mixed-in sources and user functions of `data.prepare`, before any loading."""
-    import importlib.util
-
-    from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
-    from tuneloop.data.sources import text_columns
-
-    found: Found = []
-    known = list(splits) if splits is not None else None
-    for i, step in enumerate(data.prepare):
-        here = (*loc, "prepare", i)
-        if columns is not None:
-            wanted = [("columns", c) for c in step.columns or []]
-            if isinstance(step, Split) and step.by:
-                wanted.append(("by", step.by))
-            for key, col in wanted:
-                if col not in columns:
-                    hint = trainer_fields.closest(col, columns)
-                    did = f" (did you mean {hint}?)" if hint else ""
-                    found.append(((*here, key), f"no column {col!r}{did}; columns: {', '.join(columns)}"))
-            if step.columns is None and not text_columns(data, columns):
-                found.append(((*here, "columns"), "no text column to work on: give `columns:`"))
-        if known is not None and step.splits != "all":
-            for name in step.splits:
-                if name not in known:
-                    found.append(((*here, "splits"), f"no split {name!r} at this step; splits: {', '.join(known)}"))
-        if isinstance(step, Split):
-            known = list(step.fractions)
-        if isinstance(step, Decontaminate) and known is not None:
-            for j, ref in enumerate(step.against or []):
-                if ref.data is None and ref.split not in known:
-                    found.append(
-                        ((*here, "against", j, "split"), f"no split {ref.split!r}; splits: {', '.join(known)}")
-                    )
-                elif ref.data is not None:
-                    found += _check_data(ref.data, (*here, "against", j, "data"), base_dir, "sft", training=False)
-        if isinstance(step, Mix):
-            for j, src in enumerate(step.sources):
-                other = data.model_copy(
-                    update={
-                        "source": src.source,
-                        "task": src.task,
-                        "subset": src.subset,
-                        "revision": src.revision,
-                        "train_split": src.split,
-                        "prepare": [],
-                        "eval_split": None,
-                    }
-                )
-                found += _check_data(other, (*here, "sources", j), base_dir, "sft")
-        if isinstance(step, Filter) and step.function:
-            module = step.function.split(":")[0]
-            try:
-                spec = importlib.util.find_spec(module)
-            except (ImportError, ValueError):
-                spec = None
-            if spec is None:
-                found.append(((*here, "function"), f"cannot find module {module!r} (is it importable from here?)"))
-    if known is not None and any(isinstance(s, Split) for s in data.prepare):
-        wanted = [("train_split", data.train_split)]
-        if "eval_split" in data.model_fields_set and data.eval_split:
-            wanted.append(("eval_split", data.eval_split))
-        for key, name in wanted:
-            if name not in known:
-                found.append(((*loc, key), f"no split {name!r} after the prepare steps; splits: {', '.join(known)}"))
-    return found
-
-
-def _builtin_tasks_for(method: str) -> list[tuple[str, str]]:
-    """Built-in (dataset, task) pairs whose rows suit `method`, to suggest when the data does not."""
-    from tuneloop.data import builtin
-
-    return [
-        (name, task)
-        for name in builtin.names()
-        for task in builtin.info(name)["tasks"]
-        if builtin.task(name, task).format.shape() in METHOD_SHAPES[method]
-    ]
-
-
-def _check_columns(data: Data, loc: tuple, columns: list[str], fmt, method: str) -> Found:
-    found: Found = []
-    if fmt is not None:
-        shape = fmt.shape()
-        if shape not in METHOD_SHAPES[method]:
-            wanted = " or ".join(SHAPE_WORDS[s] for s in METHOD_SHAPES[method])
-            example = SHAPE_EXAMPLE.get(METHOD_SHAPES[method][0], "")
-            fits = _builtin_tasks_for(method)
-            if fits and data.format is None:
-                example = "the built-in " + " or ".join(f"{{source: {d}, task: {t}}}" for d, t in fits)
-            found.append(
-                ((*loc, "format"), f"{method} trains on {wanted}; this data's format gives {SHAPE_WORDS[shape]}"
-                 + (f". E.g. {example}" if example else ""))
-            )  # fmt: skip
-        if fmt.messages:
-            if fmt.messages not in columns:
-                found.append(
-                    ((*loc, "format", "messages"), f"no column {fmt.messages!r}; columns: {', '.join(columns)}")
-                )
-            return found
-        for part in ("prompt", "completion", "chosen", "rejected"):
-            for col in template_fields(getattr(fmt, part) or ""):
-                if col not in columns:
-                    hint = trainer_fields.closest(col, columns)
-                    did = f" (did you mean {{{hint}}}?)" if hint else ""
-                    found.append(
-                        (
-                            (*loc, "format", part),
-                            f"template uses column {col!r}, which the data lacks{did}; columns: {', '.join(columns)}",
-                        )
-                    )
-        if fmt.label and fmt.label not in columns:
-            hint = trainer_fields.closest(fmt.label, columns)
-            did = f" (did you mean {hint}?)" if hint else ""
-            found.append(((*loc, "format", "label"), f"no column {fmt.label!r}{did}; columns: {', '.join(columns)}"))
-        return found
-    need = METHOD_COLUMNS[method]
-    if not any(set(group) <= set(columns) for group in need):
-        wanted = " or ".join("+".join(g) for g in need)
-        example = SHAPE_EXAMPLE.get(METHOD_SHAPES[method][0], SHAPE_EXAMPLE["prompt_completion"])
-        found.append(
-            (
-                (*loc,),
-                f"{method} needs {wanted} columns after formatting; found {', '.join(columns)}. "
-                f"Add a `format:` block, e.g. {example}",
-            )
-        )
-    return found

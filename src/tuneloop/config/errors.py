@@ -28,3 +28,12 @@ class RecipeError(Exception):
     def __init__(self, problems: list[Problem]):
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class AtKey(ValueError):
+    """A cross-field rule broken inside a section: raised from a model validator with the key it is about, so the
+    problem points at that key's line rather than at the section's first line."""
+
+    def __init__(self, key: str | tuple, message: str):
+        self.key = (key,) if isinstance(key, str) else tuple(key)
+        super().__init__(message)

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from tuneloop.config.errors import AtKey
 from tuneloop.config.evaluation import Generation
+from tuneloop.config.prepare import Dedup, Step
 from tuneloop.config.schema import NAME_PATTERN, Data, Section
 
 
@@ -20,14 +22,48 @@ class Answerer(Section):
     )
     endpoint: str | None = Field(None, description="Base URL of an OpenAI-compatible server (`http://host:8000/v1`).")
     served_model: str | None = Field(None, description="With `endpoint`: the model name to ask for.")
+    logged: bool = Field(
+        False,
+        description="With `requests:` prompts: the answer the endpoint actually gave, read from the request log "
+        "(what users saw, with the version that served it), instead of generating one.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Answerer:
-        if bool(self.model) == bool(self.endpoint):
-            raise ValueError("give exactly one of `model` or `endpoint`")
+        if sum((bool(self.model), bool(self.endpoint), self.logged)) != 1:
+            raise ValueError("give exactly one of `model`, `endpoint` or `logged: true`")
         if self.served_model and not self.endpoint:
             raise ValueError("`served_model` goes with `endpoint`")
         return self
+
+
+class Requests(Section):
+    """Prompts sampled from the request log of `tuneloop serve` (the workspace database, or
+    `TUNELOOP_DATABASE_URL`): what users actually asked, instead of a dataset."""
+
+    model: str | None = Field(None, description="Only requests for this served model name (default: any).")
+    since: str | None = Field(
+        "7d", description="Oldest request: a duration back from now (`30m`, `12h`, `7d`) or an ISO date/time."
+    )
+    until: str | None = Field(None, description="Newest request (same forms); default: now.")
+    endpoints: list[Literal["chat", "completions"]] = Field(
+        default_factory=lambda: ["chat", "completions"], min_length=1, description="Which endpoints' requests."
+    )
+    sample: int = Field(200, gt=0, description="At most this many prompts, drawn at random (campaign `seed`).")
+    prepare: list[Step] = Field(
+        default_factory=lambda: [Dedup(step="dedup", method="exact")],
+        description="Data steps run on the prompts before sampling (`dedup`, `filter`, `decontaminate`; see "
+        "docs/data.md). Default: drop exact repeats.",
+    )
+
+    @field_validator("since", "until")
+    @classmethod
+    def _when(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tuneloop.serve.traffic import parse_when
+
+            parse_when(value)  # ValueError says which forms work
+        return value
 
 
 class Question(Section):
@@ -71,7 +107,10 @@ class Campaign(Section):
 
     name: str = Field(pattern=NAME_PATTERN, description="Campaign name, unique in the feedback store.")
     description: str | None = Field(None, description="What the campaign is for.")
-    data: Data = Field(description="Where the prompts come from: a recipe-style `data:` section.")
+    data: Data | None = Field(None, description="Where the prompts come from: a recipe-style `data:` section.")
+    requests: Requests | None = Field(
+        None, description="Or: prompts sampled from the endpoint's request log (served traffic)."
+    )
     split: str = Field("test", description="Split of `data` the prompts are taken from.")
     max_items: int | None = Field(None, gt=0, description="Use only the first N prompts.")
     models: list[Answerer] = Field(min_length=1, description="The models that answer every prompt.")
@@ -107,11 +146,26 @@ class Campaign(Section):
 
     @model_validator(mode="after")
     def _tasks_fit(self) -> Campaign:
+        if (self.data is None) == (self.requests is None):
+            raise AtKey("requests" if self.requests else "data", "give exactly one prompt source: `data:` or "
+                        "`requests:` (served traffic)")  # fmt: skip
+        logged = [i for i, m in enumerate(self.models) if m.logged]
+        if logged and self.requests is None:
+            raise AtKey(("models", logged[0], "logged"), "`logged: true` answers come from the request log; "
+                        "it needs `requests:` prompts")  # fmt: skip
+        if len(logged) > 1:
+            raise AtKey(("models", logged[1], "logged"), "only one model can be `logged` (the log holds one "
+                        "answer per request)")  # fmt: skip
+        if self.requests is not None:
+            if "gold_share" in self.model_fields_set and self.gold_share > 0:
+                raise AtKey("gold_share", "gold items are built from references, and logged requests have none; "
+                            "set gold_share: 0")  # fmt: skip
+            self.gold_share = 0.0
         if not (self.tasks.pairwise or self.tasks.rating or self.tasks.rewrite):
-            raise ValueError("tasks: turn on at least one of pairwise, rating, rewrite")
+            raise AtKey("tasks", "turn on at least one of pairwise, rating, rewrite")
         if self.tasks.pairwise and len(self.models) < 2:
-            raise ValueError("pairwise comparison needs at least two `models`")
+            raise AtKey("models", "pairwise comparison needs at least two `models`")
         questions = [q.name for q in self.tasks.rating]
         if self.export.kto_question and self.export.kto_question not in questions:
-            raise ValueError(f"export.kto_question {self.export.kto_question!r} is not a rating question")
+            raise AtKey(("export", "kto_question"), f"{self.export.kto_question!r} is not a rating question")
         return self

@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.errors import Problem, RecipeError
+from tuneloop.config.errors import AtKey, Problem, RecipeError
 from tuneloop.config.evaluation import EvalSuite
 from tuneloop.config.feedback import Campaign
 from tuneloop.config.schema import Recipe
@@ -68,8 +68,8 @@ def load_suite(path: str | Path) -> EvalSuite:
 
 
 def load_campaign(path: str | Path) -> Campaign:
-    """Load and validate a feedback campaign (`configs/feedback/*.yaml`); RecipeError lists every problem with
-    its file and line, as for recipes."""
+    """Load and validate a feedback campaign (`configs/feedback/*.yaml`, or a recipe's `feedback:` section);
+    RecipeError lists every problem with its file and line, as for recipes."""
     from tuneloop.config.checks import check_campaign
 
     path = Path(path)
@@ -78,6 +78,12 @@ def load_campaign(path: str | Path) -> Campaign:
         if found is None:
             raise RecipeError([Problem(str(path), None, "", "no such campaign file (nor under configs/feedback/)")])
         path = found
+    raw = yaml.safe_load(path.read_text())
+    if isinstance(raw, dict) and "stages" in raw:  # a recipe: its `feedback:` section, validated with the recipe
+        recipe = load_recipe(path)
+        if recipe.feedback is None:
+            raise RecipeError([Problem(display_path(path), None, "feedback", "this recipe has no `feedback:` section")])
+        return recipe.feedback
     return _load_validated(path, Campaign, "campaign", check_campaign)
 
 
@@ -353,7 +359,10 @@ def _problem_from_pydantic(
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "value_error":
-        message = str(err["ctx"]["error"]) if "ctx" in err else err["msg"]
+        cause = err.get("ctx", {}).get("error")
+        message = str(cause) if cause is not None else err["msg"]
+        if isinstance(cause, AtKey):
+            loc = (*loc, *cause.key)
     else:
         got = err.get("input")
         message = err["msg"][0].lower() + err["msg"][1:]

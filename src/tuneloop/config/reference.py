@@ -57,6 +57,8 @@ def _default(field: Any) -> str:
         value = field.default_factory()
         if isinstance(value, BaseModel):
             return "see below"
+        if isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):
+            value = [v.model_dump(exclude_defaults=True) for v in value]
         return f"`{json.dumps(value)}`"
     if field.default is PydanticUndefined or field.default is None:
         return "—"

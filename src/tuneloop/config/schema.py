@@ -419,6 +419,11 @@ class Recipe(Section):
     registry: Registry | None = Field(
         None, description="Register the trained model (MLflow Model Registry) when the run succeeds."
     )
+    feedback: Campaign | None = Field(
+        None,
+        description="A feedback campaign kept with the recipe (`tuneloop feedback create RECIPE`); the same keys "
+        "as a `configs/feedback/*.yaml` file.",
+    )
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
@@ -470,6 +475,7 @@ class Recipe(Section):
 
 
 from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
+from tuneloop.config.feedback import Campaign  # noqa: E402
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
 from tuneloop.config.prepare import Step  # noqa: E402
 

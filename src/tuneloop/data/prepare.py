@@ -121,6 +121,22 @@ def _prepare(spec: Data, base_dir: Path, cap: int | None, say: Callable[[str], N
     return Prepared(splits, keys[-1], reports)
 
 
+def prepare_rows(
+    steps: list[Any], ds: Dataset, base_dir: Path, say: Callable[[str], None] | None = None
+) -> tuple[Dataset, list[dict]]:
+    """Run data steps on rows that come from no data source (served traffic: a `text` column), uncached, so
+    campaigns and the feedback loop filter prompts with the same steps recipes use."""
+    spec = Data(source="<rows>", eval_split=None, prepare=steps)
+    splits, reports = {"train": ds}, []
+    for k, step in enumerate(steps):
+        splits, report = run_step(step, splits, spec, base_dir)
+        report.update({"index": k, "step": step.step, "cached": False})
+        reports.append(report)
+        if say:
+            say(f"prepare [{k + 1}/{len(steps)}] {describe(report)}")
+    return splits["train"], reports
+
+
 def _store(dest: Path, data: Any, reports: list[dict]) -> None:
     """Write to a temporary directory and rename, so a killed run never leaves a half-written cache entry."""
     dest.parent.mkdir(parents=True, exist_ok=True)

@@ -29,21 +29,26 @@ def guidelines_text(campaign: Campaign, base_dir: Path) -> str:
 def create(campaign: Campaign, path: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate every model's answer to every prompt (batched, through the evaluation backends, so raters never
     wait on a model), add gold items, and store it all in one transaction."""
-    from tuneloop.config.evaluation import EvalTask
     from tuneloop.eval.runner import ModelSpec, open_engine
-    from tuneloop.eval.tasks import load_task
 
     base_dir = path.parent
     guidelines = guidelines_text(campaign, base_dir)
-    task = EvalTask(name="prompts", data=campaign.data, split=campaign.split, max_rows=campaign.max_items)
-    rows = load_task(task, None, base_dir)
-    where = f"{campaign.data.source} ({campaign.split})"
-    say(f"{len(rows.prompts)} prompts from {where}, fingerprint {rows.data['fingerprint']}")
+    prompts, references, sources, logged = (
+        _dataset_prompts(campaign, base_dir, say) if campaign.data else _traffic_prompts(campaign, base_dir, say)
+    )
     answers: dict[str, list[dict[str, Any]]] = {}
     for model in campaign.models:
+        if model.logged:
+            answers[model.name] = [
+                {"model": model.name, "model_ref": f"request-log#{r.model}", "model_version": r.version,
+                 "text": r.output, "tokens": None, "correct": None}
+                for r in logged
+            ]  # fmt: skip
+            say(f"{model.name}: {len(logged)} answers from the request log")
+            continue
         spec = ModelSpec(model.name, model.model or model.served_model or "served", model.endpoint)
         engine, _, info = open_engine(spec, "transformers", base_dir, say)
-        got = engine.generate(rows.prompts, campaign.generation)
+        got = engine.generate(prompts, campaign.generation)
         version = (info.get("weights_sha256") or "")[:16] or model.served_model
         answers[model.name] = [
             {"model": model.name, "model_ref": spec.ref if not model.endpoint else f"{model.endpoint}#{spec.ref}",
@@ -51,21 +56,80 @@ def create(campaign: Campaign, path: Path, say: Callable[[str], None] = print) -
             for a in got
         ]  # fmt: skip
         say(f"{model.name}: {len(got)} answers, {sum(a.tokens for a in got)} tokens")
-    items = []
-    for i, prompt in enumerate(rows.prompts):
-        reference = rows.references[i][0] if rows.references and rows.references[i] else None
-        source = {"data": str(campaign.data.source), "task": campaign.data.task, "split": campaign.split, "row": i,
-                  "fingerprint": rows.data["fingerprint"]}  # fmt: skip
-        items.append({
-            "prompt": prompt, "reference": reference, "source": source, "gold": False,
-            "responses": [answers[m.name][i] for m in campaign.models],
-        })  # fmt: skip
+    items = [
+        {"prompt": prompt, "reference": references[i], "source": sources[i], "gold": False,
+         "responses": [answers[m.name][i] for m in campaign.models]}
+        for i, prompt in enumerate(prompts)
+    ]  # fmt: skip
     items = _with_gold(items, campaign)
     spec = campaign.model_dump(mode="json")
     count = store.save_campaign(spec, guidelines, getpass.getuser(), items)
     gold = sum(1 for it in items if it["gold"])
     say(f"campaign {campaign.name}: {count} items ({gold} gold), {campaign.overlap} raters per item")
     return {"items": count, "gold_items": gold}
+
+
+Prompts = tuple[list[Any], list[str | None], list[dict[str, Any]], list[Any]]
+
+
+def _dataset_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], None]) -> Prompts:
+    from tuneloop.config.evaluation import EvalTask
+    from tuneloop.eval.tasks import load_task
+
+    assert campaign.data is not None
+    task = EvalTask(name="prompts", data=campaign.data, split=campaign.split, max_rows=campaign.max_items)
+    rows = load_task(task, None, base_dir)
+    fingerprint = rows.data["fingerprint"]
+    say(f"{len(rows.prompts)} prompts from {campaign.data.source} ({campaign.split}), fingerprint {fingerprint}")
+    references = [r[0] if r else None for r in rows.references] if rows.references else [None] * len(rows.prompts)
+    sources = [
+        {"data": str(campaign.data.source), "task": campaign.data.task, "split": campaign.split, "row": i,
+         "fingerprint": fingerprint}
+        for i in range(len(rows.prompts))
+    ]  # fmt: skip
+    return rows.prompts, references, sources, []
+
+
+def _traffic_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], None]) -> Prompts:
+    """Prompts users sent to the endpoint: read from the request log, run through the campaign's data steps
+    (exact repeats dropped by default), then a seeded sample. Each item keeps the request it came from."""
+    from datasets import Dataset
+
+    from tuneloop import db
+    from tuneloop.data.prepare import prepare_rows
+    from tuneloop.data.sources import fingerprint, row_text
+    from tuneloop.errors import TuneloopError
+    from tuneloop.serve import traffic
+
+    req = campaign.requests
+    assert req is not None
+    logged, skipped = traffic.read(req.model, req.since, req.until, req.endpoints)
+    window = f"since {req.since}" if req.since else "all time"
+    what = f"{len(logged)} logged requests" + (f" for {req.model!r}" if req.model else "") + f", {window}"
+    if skipped:
+        what += " (passed over: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) + ")"
+    say(f"{what}, from {db.shown_url()}")
+    if not logged:
+        raise TuneloopError(f"no usable requests in the log: {what}; widen `requests.since`, check "
+                            "`requests.model`, or serve with the request log on (not --no-request-log)")  # fmt: skip
+    texts = [row_text({"prompt": r.prompt}, ["prompt"]) for r in logged]  # chat: the user turns
+    ds = Dataset.from_dict({"text": texts, "log_row": list(range(len(logged)))})
+    if req.prepare:
+        ds, _ = prepare_rows(req.prepare, ds, base_dir, say)
+    keep = list(ds["log_row"])
+    if len(keep) > req.sample:
+        keep = sorted(random.Random(campaign.seed).sample(keep, req.sample))
+    if campaign.max_items:
+        keep = keep[: campaign.max_items]
+    chosen = [logged[i] for i in keep]
+    fp = fingerprint(Dataset.from_dict({"request_id": [r.request_id for r in chosen]}))
+    say(f"{len(chosen)} prompts sampled (seed {campaign.seed}), fingerprint {fp}")
+    sources = [
+        {"requests": {"id": r.id, "request_id": r.request_id, "ts": r.ts.isoformat(), "endpoint": r.endpoint,
+                      "model": r.model, "version": r.version}, "fingerprint": fp}
+        for r in chosen
+    ]  # fmt: skip
+    return [r.prompt for r in chosen], [None] * len(chosen), sources, chosen
 
 
 def _with_gold(items: list[dict[str, Any]], campaign: Campaign) -> list[dict[str, Any]]:

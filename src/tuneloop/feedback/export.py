@@ -76,6 +76,7 @@ def _provenance(item: dict[str, Any], used: list[dict], agreeing: int) -> dict[s
         "raters": sorted({v["rater"] for v in used}),
         "agreement": agreeing / len(used) if used else None,
         "source_row": item["source"].get("row"),
+        "request_id": (item["source"].get("requests") or {}).get("request_id"),  # served traffic: the request
     }
 
 
@@ -138,7 +139,7 @@ def _kto(item: dict[str, Any], tasks: dict[str, list[dict]], rules: dict[str, An
         for key, label in (("chosen", True), ("rejected", False)):
             rows.append({
                 "prompt": pair["prompt"], "completion": pair[key], "label": label, "model": pair[f"{key}_model"],
-                **{k: pair[k] for k in ("item_id", "vote_ids", "raters", "agreement", "source_row")},
+                **{k: pair[k] for k in ("item_id", "vote_ids", "raters", "agreement", "source_row", "request_id")},
             })  # fmt: skip
     return rows
 
