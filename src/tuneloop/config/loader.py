@@ -78,7 +78,10 @@ def load_campaign(path: str | Path) -> Campaign:
         if found is None:
             raise RecipeError([Problem(str(path), None, "", "no such campaign file (nor under configs/feedback/)")])
         path = found
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError:
+        raw = None  # reported with its line by the located loader below
     if isinstance(raw, dict) and "stages" in raw:  # a recipe: its `feedback:` section, validated with the recipe
         recipe = load_recipe(path)
         if recipe.feedback is None:
