@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.data_checks import Found, check_data
+from tuneloop.config.data_checks import Found, check_data, module_problems
 from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe, template_fields
 
 
@@ -236,7 +236,6 @@ def model_ref_problems(name: str, base_dir: Path) -> list[str]:
 
 def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
     """Where each stage starts, its reference model and its rewards."""
-    import importlib.util
 
     from tuneloop.data.sources import columns_for_check, effective_format
 
@@ -262,13 +261,7 @@ def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
         for j, reward in enumerate(stage.rewards):
             at = (*here, "rewards", j)
             if reward.function:
-                module = reward.function.split(":")[0]
-                try:
-                    spec = importlib.util.find_spec(module)
-                except (ImportError, ValueError):
-                    spec = None
-                if spec is None:
-                    found.append(((*at, "function"), f"cannot find module {module!r} (is it importable from here?)"))
+                found += [((*at, "function"), msg) for msg in module_problems(reward.function)]
             if reward.model:
                 found += [((*at, "model"), msg) for msg in model_ref_problems(reward.model, base_dir)]
             if reward.builtin == "rougeL":

@@ -100,7 +100,6 @@ def _check_prepare(
     data: Data, loc: tuple, base_dir: Path, columns: list[str] | None, splits: list[str] | None
 ) -> Found:
     """Columns, splits, group keys, mixed-in sources and user functions of `data.prepare`, before any loading."""
-    import importlib.util
 
     from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
     from tuneloop.data.sources import text_columns
@@ -149,13 +148,7 @@ def _check_prepare(
                 )
                 found += check_data(other, (*here, "sources", j), base_dir, "sft")
         if isinstance(step, Filter) and step.function:
-            module = step.function.split(":")[0]
-            try:
-                spec = importlib.util.find_spec(module)
-            except (ImportError, ValueError):
-                spec = None
-            if spec is None:
-                found.append(((*here, "function"), f"cannot find module {module!r} (is it importable from here?)"))
+            found += [((*here, "function"), msg) for msg in module_problems(step.function)]
     if known is not None and any(isinstance(s, Split) for s in data.prepare):
         wanted = [("train_split", data.train_split)]
         if "eval_split" in data.model_fields_set and data.eval_split:
@@ -226,3 +219,15 @@ def _check_columns(data: Data, loc: tuple, columns: list[str], fmt, method: str)
             )
         )
     return found
+
+
+def module_problems(ref: str) -> list[str]:
+    """What is wrong with a `package.module:function` reference, found without importing the module."""
+    import importlib.util
+
+    module = ref.split(":")[0]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    return [] if spec is not None else [f"cannot find module {module!r} (is it importable from here?)"]
