@@ -103,18 +103,18 @@ def test_a_database_from_before_migrations_keeps_its_rows(workspace):
 
 def _vote(name: str, rater: str, task: str, choose) -> list[int]:
     """Vote on everything the rater's queue offers; `choose(assignment)` gives the value."""
-    from tuneloop.feedback import store
+    from tuneloop.feedback import queue
 
     seen, ids = [], []
-    while (a := store.next_assignment(name, rater, task)) is not None:
+    while (a := queue.next_assignment(name, rater, task)) is not None:
         assert a.item_id not in seen, "a rater must never get the same item twice"
         seen.append(a.item_id)
-        ids.append(store.record_vote(a.id, rater, choose(a), f"{rater}-{task}-{a.id}"))
+        ids.append(queue.record_vote(a.id, rater, choose(a), f"{rater}-{task}-{a.id}"))
     return ids
 
 
 def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
-    from tuneloop.feedback import campaigns, store
+    from tuneloop.feedback import campaigns, queue, store
     from tuneloop.feedback.campaigns import GOLD_REFERENCE
 
     result = invoke("feedback", "create", str(campaign_file))
@@ -161,15 +161,15 @@ def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
     bob = _vote("tiny-campaign", "bob", "pairwise", mostly_honest)
     cat = _vote("tiny-campaign", "cat", "pairwise", careless)
     assert len(ann) == len(bob) == len(cat) == 9
-    assert store.next_assignment("tiny-campaign", "ann", "pairwise") is None  # seen everything
+    assert queue.next_assignment("tiny-campaign", "ann", "pairwise") is None  # seen everything
     # the same vote again (double click, retried request) is the stored one, not a second row
     a_vote = store.all_votes("tiny-campaign")[0]
-    again = store.record_vote(a_vote["assignment_id"], a_vote["rater"], {"choice": "tie"}, "another-key")
+    again = queue.record_vote(a_vote["assignment_id"], a_vote["rater"], {"choice": "tie"}, "another-key")
     assert again == a_vote["id"] and len(store.all_votes("tiny-campaign")) == 27
     from tuneloop.errors import TuneloopError
 
     with pytest.raises(TuneloopError, match="is not cat's"):
-        store.record_vote(a_vote["assignment_id"], "cat", {"choice": "left"}, "cat-steals")
+        queue.record_vote(a_vote["assignment_id"], "cat", {"choice": "left"}, "cat-steals")
     # the sides were swapped at random: both models appear on the left
     lefts = {by_id[v["value"]["left"]]["model"] for v in store.all_votes("tiny-campaign") if not v["gold"]}
     assert lefts == {"first", "second"}
@@ -229,7 +229,7 @@ def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
     assert not store.check_password("bob", "correct horse")
     assert invoke("feedback", "close", "tiny-campaign").exit_code == 0
     with pytest.raises(TuneloopError, match="closed"):
-        store.next_assignment("tiny-campaign", "ann", "pairwise")
+        queue.next_assignment("tiny-campaign", "ann", "pairwise")
 
 
 def _train_one_step_on(tmp_path: Path, exports: dict[str, Path], here: Path) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 
 from tuneloop.errors import TuneloopError
-from tuneloop.feedback import campaigns, store
+from tuneloop.feedback import campaigns, queue, store
 
 KEYS = """
 <script>
@@ -57,7 +57,7 @@ def build(name: str) -> gr.Blocks:
 
     def show(task: str, request: gr.Request):
         rater = _rater(request)
-        a = store.next_assignment(name, rater, task)
+        a = queue.next_assignment(name, rater, task)
         if a is None:
             return None, "Nothing left for you in this task — thank you.", "", "", progress(rater)
         return a.id, _prompt_text(a.prompt), a.left, a.right or "", progress(rater)
@@ -67,7 +67,7 @@ def build(name: str) -> gr.Blocks:
         if assignment_id is None:
             raise gr.Error("no item to vote on")
         try:
-            store.record_vote(int(assignment_id), rater, value, f"a{int(assignment_id)}", comment or None)
+            queue.record_vote(int(assignment_id), rater, value, f"a{int(assignment_id)}", comment or None)
         except TuneloopError as e:
             raise gr.Error(str(e)) from None
         return (*show(task, request), "")
