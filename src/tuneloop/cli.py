@@ -39,6 +39,9 @@ app.add_typer(data_app, name="data")
 from tuneloop.feedback.commands import app as feedback_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(feedback_app, name="feedback")
+from tuneloop.sweep.commands import app as sweep_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(sweep_app, name="sweep")
 
 SetOpt = Annotated[
     list[str] | None,
@@ -99,12 +102,16 @@ def validate(
     Exit code 2 when any recipe has a problem; every problem is listed as `file:line key.path: reason`.
     """
     from tuneloop.config.loader import load_recipe, load_suite
+    from tuneloop.sweep.spec import load_sweep
 
     results = []
     for path in recipes:
         try:
-            if _is_suite(path):
+            kind = _kind(path)
+            if kind == "suite":
                 load_suite(path)
+            elif kind == "sweep":
+                load_sweep(path, set_)  # the recipe too, and every searched value against it
             else:
                 load_recipe(path, set_)
             results.append({"recipe": str(path), "ok": True, "problems": []})
@@ -122,15 +129,22 @@ def validate(
         raise typer.Exit(2)
 
 
-def _is_suite(path: Path) -> bool:
-    """Suite files (configs/eval/) have `tasks` and no `stages`; everything else is read as a recipe."""
+def _kind(path: Path) -> str:
+    """Suite files (configs/eval/) have `tasks` and no `stages`; sweep files (configs/sweeps/) name a `recipe` and
+    have `objectives`, and a recipe with a `sweep:` section is checked as a sweep too; the rest are recipes."""
     from tuneloop.config.yamlsource import parse
 
     try:
         raw = parse(path.read_text())
     except Exception:  # unreadable or invalid YAML: the recipe loader reports it with a line number
-        return False
-    return isinstance(raw, dict) and "tasks" in raw and "stages" not in raw
+        return "recipe"
+    if not isinstance(raw, dict):
+        return "recipe"
+    if "tasks" in raw and "stages" not in raw:
+        return "suite"
+    if ("objectives" in raw and "stages" not in raw) or "sweep" in raw:
+        return "sweep"
+    return "recipe"
 
 
 def _train(

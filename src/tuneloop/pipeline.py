@@ -22,13 +22,19 @@ def run(
     say: Callable[[str], None] | None = None,
     evaluate: bool = True,
     from_stage: str | None = None,
+    callbacks: Callable[[Any], list[Any]] | None = None,
+    parent_run_id: str | None = None,
 ) -> RunResult:
     """The whole recipe: training stages, then (main process only) evaluation, gate, registration and promotion,
     all tracked in one MLflow run that ends FINISHED, or FAILED with the error (and then registers nothing).
 
     `tuneloop train` (and `accelerate launch -m tuneloop.train`) pass evaluate=False: on a cluster every rank
     trains, and the suite runs afterwards with `tuneloop eval --suite RECIPE -m BASE -m RUN_DIR`.
+
+    A sweep's trial passes `callbacks` (intermediate evaluations, budget guard) and `parent_run_id` (its MLflow run
+    is a child of the sweep's). A `RunStopped` from a callback (pruned, out of budget) ends the run KILLED.
     """
+    from tuneloop.errors import RunStopped
     from tuneloop.tracking import RunTracker
 
     say = say or print
@@ -37,16 +43,17 @@ def run(
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, kind, say)
     if not main:
         tracker = RunTracker.disabled()
+    tracker.parent_run_id = parent_run_id
     tracker.preflight()
     follows = evaluate and (recipe.evaluation is not None or recipe.registry is not None)
     try:
         result = train_recipe(
             recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say, tracker=tracker,
-            finished=not follows, from_stage=from_stage,
+            finished=not follows, from_stage=from_stage, callbacks=callbacks,
         )  # fmt: skip
         if follows and main:
             _after_training(recipe, recipe_path, result, tracker, smoke=smoke, resume=resume, say=say)
-    except KeyboardInterrupt as e:
+    except (KeyboardInterrupt, RunStopped) as e:
         tracker.finish("KILLED", e)
         raise
     except BaseException as e:

@@ -424,6 +424,11 @@ class Recipe(Section):
         description="A feedback campaign kept with the recipe (`tuneloop feedback create RECIPE`); the same keys "
         "as a `configs/feedback/*.yaml` file.",
     )
+    sweep: Sweep | None = Field(
+        None,
+        description="A hyperparameter sweep over this recipe (`tuneloop sweep RECIPE`): search space in `--set` "
+        "paths, objectives (metrics, cost), budget, sampler, pruning; see docs/sweeps.md.",
+    )
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
@@ -478,6 +483,7 @@ from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (buil
 from tuneloop.config.feedback import Campaign  # noqa: E402
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
 from tuneloop.config.prepare import Step  # noqa: E402
+from tuneloop.config.sweep import Sweep  # noqa: E402
 
 Data.model_rebuild()
 Recipe.model_rebuild()

@@ -250,7 +250,8 @@ def lineage_tags(
     if record.get("parent"):
         tags["tuneloop.parent"] = record["parent"]
     for key in ("tuneloop.recipe", "tuneloop.recipe_path", "tuneloop.recipe_sha256", "tuneloop.code.commit",
-                "tuneloop.code.dirty", "tuneloop.package.commit", "tuneloop.version"):  # fmt: skip
+                "tuneloop.code.dirty", "tuneloop.package.commit", "tuneloop.version", "tuneloop.sweep",
+                "tuneloop.sweep_trial"):  # fmt: skip
         if key in run_tags:
             tags[key] = run_tags[key]
     for s in summary.get("stages", []):

@@ -41,6 +41,7 @@ class RunTracker:
         self._client: Any = None
         self._warned = False
         self._params: dict[str, str] = {}
+        self.parent_run_id: str | None = None  # a sweep's run, when this run is one of its trials
 
     @classmethod
     def disabled(cls) -> RunTracker:
@@ -84,6 +85,8 @@ class RunTracker:
             else:
                 self.experiment_id = store.experiment_id(c, self.experiment)
                 all_tags = {"tuneloop.kind": self.kind, "tuneloop.run_dir": str(run_dir), **tags}
+                if self.parent_run_id:
+                    all_tags["mlflow.parentRunId"] = self.parent_run_id
                 run = store.retry(lambda: c.create_run(self.experiment_id, run_name=run_name, tags=all_tags))
                 self.run_id = run.info.run_id
             record["mlflow"] = {"uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}

@@ -108,6 +108,7 @@ def train_recipe(
     tracker: RunTracker | None = None,
     finished: bool = True,
     from_stage: str | None = None,
+    callbacks: Callable[[Stage], list[Any]] | None = None,
 ) -> RunResult:
     """Run every stage of `recipe` in order; each stage starts from the model the previous one produced.
 
@@ -115,7 +116,8 @@ def train_recipe(
     parameters, environment, datasets, curves and per-stage figures. `finished=False` leaves the run open for
     `--resume` after training (the pipeline's evaluation and registration follow and close it). `from_stage`
     starts a new run at that stage, reusing the outputs of the stages before it from the newest run that finished
-    them with the same settings (`tuneloop run --from STAGE`)."""
+    them with the same settings (`tuneloop run --from STAGE`). `callbacks(stage)` adds TrainerCallbacks to a
+    stage (a sweep's intermediate evaluations and budget guard)."""
     from accelerate.utils import broadcast_object_list
 
     from tuneloop.cost import account, recipe_price, total
@@ -165,7 +167,8 @@ def train_recipe(
     first = source
     for i, stage in enumerate(recipe.stages):
         source, name = _stage_start(stage, i, first, source, results, recipe, recipe_dir, smoke, run_dir, state, say)
-        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker, model_name=name)
+        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker,
+                           model_name=name, callbacks=callbacks)  # fmt: skip
         done_file = ctx.stage_dir(stage) / "stage.json"
         if stage.name in reused and not done_file.exists():
             summary = {**reused[stage.name], "reused_from": str(Path(reused[stage.name]["model_dir"]).parent)}

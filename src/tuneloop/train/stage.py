@@ -33,6 +33,7 @@ class StageContext:
     notes: list[str] = field(default_factory=list)
     tracker: Any = None  # tuneloop.tracking.RunTracker (a disabled one on other ranks)
     model_name: str = ""  # what the stage starts from, for messages (the base model's name, or `previous`)
+    callbacks: Any = None  # f(stage) -> extra TrainerCallbacks (a sweep's intermediate evaluations and guards)
 
     def __post_init__(self) -> None:
         self.model_name = self.model_name or self.recipe.base_model.name
@@ -222,6 +223,7 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     from accelerate.utils import gather_object
     from transformers import PrinterCallback
 
+    callbacks = [*(callbacks or []), *(ctx.callbacks(stage) if ctx.callbacks else [])]
     stage_dir = ctx.stage_dir(stage)
     trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
     trainer.add_callback(RichProgress(stage.name))

@@ -1,0 +1,42 @@
+"""Register a sweep's chosen trial as a challenger of the recipe's registered model, with the sweep (name, trial,
+storage) in its lineage. Trials themselves never register: a sweep of forty trials would otherwise leave forty
+versions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+
+def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] = print) -> Any:
+    from tuneloop.registry.register import register_run
+    from tuneloop.sweep.spec import load_sweep
+    from tuneloop.tracking import TRACKING_FILE, RunTracker
+
+    run_dir = Path(row.get("run_dir") or "")
+    if not (run_dir / "summary.json").is_file():
+        raise TuneloopError(
+            f"trial #{row['number']} has no finished run directory here ({run_dir}); register it on the machine "
+            "that ran it (`tuneloop registry register RUN_DIR`)"
+        )
+    source = study.user_attrs.get("source")
+    if not source or not Path(source).is_file():
+        raise TuneloopError(f"the sweep's file {source!r} is gone; it names the recipe whose registry to use")
+    spec = load_sweep(source, study.user_attrs.get("overrides") or [])
+    recipe = spec.recipe
+    if recipe.registry is None:
+        raise TuneloopError(f"{spec.recipe_path} has no `registry:` section (registry.name is the model's name)")
+    record = (
+        json.loads((run_dir / TRACKING_FILE).read_text()).get("mlflow") if (run_dir / TRACKING_FILE).is_file() else None
+    )
+    if not record:
+        raise TuneloopError(f"{run_dir} was not tracked in MLflow, which registration needs")
+    tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, "registration", say)
+    tracker.run_id, tracker.experiment_id = record["run_id"], record["experiment_id"]
+    tracker.set_tags({"tuneloop.sweep": study.study_name, "tuneloop.sweep_trial": str(row["number"])})
+    smoke = bool(json.loads((run_dir / "summary.json").read_text()).get("smoke"))
+    return register_run(run_dir, recipe, tracker, smoke=smoke, say=say)
