@@ -27,6 +27,7 @@ from tuneloop.sweep import budget as B
 from tuneloop.sweep.pruning import dominated, optuna_pruner
 
 HEARTBEAT_S = 60
+BUDGET_STOP = "stopped by the budget"
 REFUSALS = 5  # predicted-cost refusals in a row before the sweep stops (the sampler may offer a cheaper trial)
 WORKER = f"{socket.gethostname()}:{os.getpid()}"  # where a trial runs, for `sweep status` and the kill tests
 
@@ -80,7 +81,7 @@ class TrialContext:
         others = self.loop.others_spent(self.number)
         reason = B.over(self.loop.sweep.budget, B.add(B.add(B.add(others, self.spent), step), self.eval_cost))
         if reason:
-            raise RunStopped(f"stopped by the budget: going on would overrun it ({reason})")
+            raise RunStopped(f"{BUDGET_STOP}: going on would overrun it ({reason})")
 
     def report(self, step: int, value: float | None, spent: dict[str, float]) -> None:
         """An intermediate score at optimizer step `step`; stops the trial when the pruning rule says so."""
@@ -190,6 +191,8 @@ class SweepLoop:
         except RunStopped as e:
             self._record(trial, "pruned", str(e), ctx.spent, started)
             self.say(f"trial {trial.number}: {e}")
+            if str(e).startswith(BUDGET_STOP):
+                self.study.stop()  # what is left would not pay for another trial either
             import optuna
 
             raise optuna.TrialPruned(str(e)) from None
