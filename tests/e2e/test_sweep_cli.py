@@ -5,6 +5,7 @@ names the sweep) and `report`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -76,6 +77,12 @@ def test_sweep_runs_trials_reports_and_registers_the_best(write, tiny_model, wor
     assert version.tags["tuneloop.sweep"] == "tiny"
     assert version.tags["tuneloop.sweep_trial"] in {str(t["number"]) for t in done}
     assert "challenger" in client.get_registered_model("tiny").aliases
+    # the version keeps the recipe's gate (for `registry promote`) with the trial's values; the trial's own recipe
+    # (no registry, baseline or gate) stays beside it
+    chosen = next(t for t in done if str(t["number"]) == version.tags["tuneloop.sweep_trial"])
+    recorded = (Path(chosen["run_dir"]) / "recipe.yaml").read_text()
+    assert "max_drop: 100" in recorded and "registry:" in recorded
+    assert "registry:" not in (Path(chosen["run_dir"]) / "recipe.trial.yaml").read_text()
 
     report = runner.invoke(app, ["sweep", "report", "tiny"])
     assert report.exit_code == 0, report.output

@@ -26,7 +26,8 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     source = study.user_attrs.get("source")
     if not source or not Path(source).is_file():
         raise TuneloopError(f"the sweep's file {source!r} is gone; it names the recipe whose registry to use")
-    spec = load_sweep(source, study.user_attrs.get("overrides") or [])
+    overrides = list(study.user_attrs.get("overrides") or [])
+    spec = load_sweep(source, overrides)
     recipe = spec.recipe
     if recipe.registry is None:
         raise TuneloopError(f"{spec.recipe_path} has no `registry:` section (registry.name is the model's name)")
@@ -38,5 +39,15 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, "registration", say)
     tracker.run_id, tracker.experiment_id = record["run_id"], record["experiment_id"]
     tracker.set_tags({"tuneloop.sweep": study.study_name, "tuneloop.sweep_trial": str(row["number"])})
+    # The version keeps the recipe with the trial's values *and* the recipe's registry, baseline and gate (which the
+    # trial ran without), so that `registry promote` judges it by the recipe's gate; the trial's own stays beside it.
+    from tuneloop.config.loader import load_recipe, resolved_yaml
+    from tuneloop.sweep.space import override
+
+    full = load_recipe(spec.recipe_path, [*overrides, *(override(k, v) for k, v in row["params"].items())])
+    recorded, trial_copy = run_dir / "recipe.yaml", run_dir / "recipe.trial.yaml"
+    if not trial_copy.exists():
+        recorded.replace(trial_copy)
+    recorded.write_text(resolved_yaml(full))
     smoke = bool(json.loads((run_dir / "summary.json").read_text()).get("smoke"))
-    return register_run(run_dir, recipe, tracker, smoke=smoke, say=say)
+    return register_run(run_dir, full, tracker, smoke=smoke, say=say)
