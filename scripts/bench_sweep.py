@@ -131,7 +131,15 @@ def replay(path: Path) -> None:
         for seed in range(SEEDS):
             sweep = Sweep.model_validate({**body, "seed": seed})
             study = open_study(sweep, executor.space(), f"r{seed}", optuna.storages.InMemoryStorage())
-            SweepLoop(sweep, executor.space(), study, executor, executor.planned_examples, say=lambda _m: None).run()
+            SweepLoop(
+                sweep,
+                executor.space(),
+                study,
+                executor,
+                executor.planned_examples,
+                say=lambda _m: None,
+                collect_garbage=False,
+            ).run()
             trials = study.get_trials(deepcopy=False)
             found = [t.user_attrs["values"][METRIC] for t in trials if t.user_attrs.get("outcome") == "complete"]
             spent = B.total_spent(trials)["money"]

@@ -14,4 +14,4 @@ if __name__ == "__main__":
     executor = TableExecutor.load(table, float(delay))
     sweep = Sweep.model_validate_json(body)
     study = open_study(sweep, executor.space(), "workers", open_storage(url, int(heartbeat)))
-    SweepLoop(sweep, executor.space(), study, executor, executor.planned_examples, say=print).run()
+    SweepLoop(sweep, executor.space(), study, executor, executor.planned_examples, collect_garbage=False).run()

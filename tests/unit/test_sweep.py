@@ -65,7 +65,9 @@ def _sweep(**over) -> Sweep:
 def _run(sweep: Sweep, table: dict, storage=None, name="s", n_trials=None):
     executor = TableExecutor(table)
     study = open_study(sweep, executor.space(), name, storage or optuna.storages.InMemoryStorage())
-    loop = SweepLoop(sweep, executor.space(), study, executor, executor.planned_examples, say=lambda _m: None)
+    loop = SweepLoop(
+        sweep, executor.space(), study, executor, executor.planned_examples, say=lambda _m: None, collect_garbage=False
+    )
     loop.run(n_trials)
     return study
 
@@ -189,7 +191,9 @@ def test_a_running_trial_is_stopped_when_finishing_it_would_overrun():
     executor = TableExecutor(_table())
     study = open_study(sweep, executor.space(), "s", optuna.storages.InMemoryStorage())
     study.enqueue_trial({"lr": 1e-3, "bs": 8})  # costs 0.066 in full
-    SweepLoop(sweep, executor.space(), study, executor, executor.planned_examples, say=lambda _m: None).run()
+    SweepLoop(
+        sweep, executor.space(), study, executor, executor.planned_examples, say=lambda _m: None, collect_garbage=False
+    ).run()
     first = study.trials[0]
     assert first.state.name == "PRUNED" and first.user_attrs["reason"].startswith("stopped by the budget")
     assert _spent(study)["money"] <= 0.03 * 1.05

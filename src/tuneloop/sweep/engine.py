@@ -120,8 +120,12 @@ class SweepLoop:
         executor: Executor,
         planned_examples: Callable[[dict[str, Any]], int | None] = lambda _p: None,
         say: Callable[[str], None] = print,
+        collect_garbage: bool = True,
     ):
+        """`collect_garbage`: a full gc after each trial frees a trained model's reference cycles; replayed trials
+        hold no model, and in a process that holds many objects the collection costs more than the trial."""
         self.sweep, self.space, self.study, self.executor = sweep, space, study, executor
+        self.collect_garbage = collect_garbage
         self.planned_examples = planned_examples
         self.say = say
         self.rule = sweep.pruning_rule()
@@ -151,7 +155,7 @@ class SweepLoop:
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         timeout = duration_s(self.sweep.budget.wall_time) if self.sweep.budget.wall_time else None
         self.study.optimize(
-            self.objective, n_trials=n_trials, timeout=timeout, catch=(NotStarted,), gc_after_trial=True
+            self.objective, n_trials=n_trials, timeout=timeout, catch=(NotStarted,), gc_after_trial=self.collect_garbage
         )
 
     def objective(self, trial: Any) -> tuple[float, ...] | float:
