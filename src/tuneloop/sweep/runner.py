@@ -42,7 +42,8 @@ def parent_run(spec: SweepSpec, study: Any) -> str | None:
     from mlflow.entities import Param
 
     items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
-    store.retry(lambda: client.log_batch(run.info.run_id, params=items[:100]))
+    for i in range(0, len(items), 100):  # MLflow takes 100 parameters a call
+        store.retry(lambda batch=items[i : i + 100]: client.log_batch(run.info.run_id, params=batch))
     study.set_user_attr("mlflow_run_id", run.info.run_id)
     study.set_user_attr("mlflow_experiment_id", experiment)
     return run.info.run_id
@@ -75,7 +76,7 @@ def run_sweep(
         spent = total_spent(trials)
         say(f"resuming sweep {spec.name}: {started(trials)} trial(s) ran already ({spent['money']:.4g} money, "
             f"{spent['device_hours']:.4g} device-h spent) in {_shown(url)}")  # fmt: skip
-    if not join:
+    if not join or "source" not in study.user_attrs:  # what `sweep best --register` reloads the recipe from
         study.set_user_attr("source", str(spec.source.resolve()))
         study.set_user_attr("overrides", list(overrides or []))
     try:
