@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from tuneloop.commandline import exit_with_problems
 from tuneloop.config.errors import RecipeError
 
 app = typer.Typer(
@@ -84,10 +85,7 @@ def _load(path: Path, overrides: list[str] | None):
     try:
         return load_recipe(path, overrides)
     except RecipeError as e:
-        for p in e.problems:
-            err.print(str(p), markup=False)
-        err.print(f"[red]{len(e.problems)} problem(s) in {path}[/]")
-        raise typer.Exit(2) from None
+        exit_with_problems(e, path, err)
 
 
 @app.command()
@@ -101,13 +99,13 @@ def validate(
 
     Exit code 2 when any recipe has a problem; every problem is listed as `file:line key.path: reason`.
     """
-    from tuneloop.config.loader import load_recipe, load_suite
+    from tuneloop.config.loader import file_kind, load_recipe, load_suite
     from tuneloop.sweep.spec import load_sweep
 
     results = []
     for path in recipes:
         try:
-            kind = _kind(path)
+            kind = file_kind(path)
             if kind == "suite":
                 load_suite(path)
             elif kind == "sweep":
@@ -127,24 +125,6 @@ def validate(
         print(json.dumps(results, indent=2))
     if not all(r["ok"] for r in results):
         raise typer.Exit(2)
-
-
-def _kind(path: Path) -> str:
-    """Suite files (configs/eval/) have `tasks` and no `stages`; sweep files (configs/sweeps/) name a `recipe` and
-    have `objectives`, and a recipe with a `sweep:` section is checked as a sweep too; the rest are recipes."""
-    from tuneloop.config.yamlsource import parse
-
-    try:
-        raw = parse(path.read_text())
-    except Exception:  # unreadable or invalid YAML: the recipe loader reports it with a line number
-        return "recipe"
-    if not isinstance(raw, dict):
-        return "recipe"
-    if "tasks" in raw and "stages" not in raw:
-        return "suite"
-    if ("objectives" in raw and "stages" not in raw) or "sweep" in raw:
-        return "sweep"
-    return "recipe"
 
 
 def _train(

@@ -112,6 +112,24 @@ def _load_validated(path: Path, model: type[BaseModel], what: str, check) -> Any
     return value
 
 
+def file_kind(path: Path) -> str:
+    """Suite files (configs/eval/) have `tasks` and no `stages`; sweep files (configs/sweeps/) name a `recipe` and
+    have `objectives`, and a recipe with a `sweep:` section is checked as a sweep too; the rest are recipes."""
+    from tuneloop.config.yamlsource import parse
+
+    try:
+        raw = parse(path.read_text())
+    except Exception:  # unreadable or invalid YAML: the recipe loader reports it with a line number
+        return "recipe"
+    if not isinstance(raw, dict):
+        return "recipe"
+    if "tasks" in raw and "stages" not in raw:
+        return "suite"
+    if ("objectives" in raw and "stages" not in raw) or "sweep" in raw:
+        return "sweep"
+    return "recipe"
+
+
 def find_suite(entry: str, near: Path) -> Path | None:
     """A suite named in a recipe or on the command line: a path, or a name under `configs/eval/`."""
     direct = Path(entry).expanduser()

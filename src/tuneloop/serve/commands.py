@@ -13,21 +13,15 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-from typer.core import TyperGroup
+
+from tuneloop.commandline import implied_verb
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-class _DefaultStart(TyperGroup):
-    def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
-        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
-            args = ["start", *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_DefaultStart,
+    cls=implied_verb("start"),
     help="Serve registered models behind an OpenAI-compatible endpoint (vLLM), with API keys and a request log. "
     "`tuneloop serve MODEL` starts it; `keys` and `requests` manage it.",
     no_args_is_help=True,

@@ -9,22 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
 
+from tuneloop.commandline import exit_with_problems, implied_verb
 from tuneloop.config.errors import RecipeError
 
-
-class _RunByDefault(TyperGroup):
-    """`tuneloop sweep RECIPE ...` means `tuneloop sweep run RECIPE ...` (the verb people type most)."""
-
-    def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
-            args = ["run", *args]
-        return super().parse_args(ctx, args)
-
-
 app = typer.Typer(
-    cls=_RunByDefault,
+    cls=implied_verb("run"),  # `tuneloop sweep RECIPE` is `tuneloop sweep run RECIPE`
     help="Cost-aware hyperparameter sweeps: `tuneloop sweep RECIPE` searches the recipe's `sweep:` space with "
     "Optuna within a budget; `status`, `best`, `report` read a sweep; `worker` joins one from another machine.",
     no_args_is_help=True,
@@ -55,10 +45,7 @@ def _spec(path: Path, overrides: list[str] | None):
     try:
         return load_sweep(path, overrides)
     except RecipeError as e:
-        for p in e.problems:
-            err.print(str(p), markup=False)
-        err.print(f"[red]{len(e.problems)} problem(s) in {path}[/]")
-        raise typer.Exit(2) from None
+        exit_with_problems(e, path, err)
 
 
 def _fail(message: str, code: int = 1) -> None:
