@@ -1,12 +1,14 @@
 """The transformers engine (`transformers serve`) behind the same gateway, on the tiny model: the endpoint for
 machines where vLLM cannot be installed answers the same routes, streams, names models the same way, refuses
-over-long outputs like vLLM does, and logs requests with token counts the gateway makes itself."""
+over-long outputs like vLLM does, and logs requests with token counts the gateway makes itself; applications rate
+the answers they showed (`POST /v1/feedback`) with the key that asked."""
 
 from __future__ import annotations
 
 import sqlite3
 import time
 
+import httpx
 import openai
 import pytest
 
@@ -50,3 +52,37 @@ def test_transformers_engine_behind_the_gateway(tiny_model, workspace, tmp_path)
     ok = [r for r in rows if r[2] == 200]
     assert len(ok) == 3 and all(r[3] and r[4] is not None for r in ok)
     assert {r[2] for r in rows} == {200, 400, 404} and all(r[6] is None for r in rows)  # --no-auth: no key id
+
+
+def test_an_application_rates_an_answer_with_the_key_that_asked_for_it(tiny_model, workspace, tmp_path):
+    from tuneloop.serve.store import create_key
+
+    key, made = create_key("app")
+    other, _ = create_key("other-app")
+    ep = _start(workspace, [str(tiny_model), "--engine", "transformers", "--name", "tiny"], tmp_path / "serve.log",
+                timeout=180)  # fmt: skip
+
+    def rate(secret: str | None, body: dict) -> httpx.Response:
+        headers = {"authorization": f"Bearer {secret}"} if secret else {}
+        return httpx.post(f"{ep.url}/v1/feedback", json=body, headers=headers, timeout=30)
+
+    try:
+        client = openai.OpenAI(base_url=f"{ep.url}/v1", api_key=key, max_retries=0, timeout=60)
+        raw = client.chat.completions.with_raw_response.create(
+            model="tiny", messages=[{"role": "user", "content": "A package"}], max_tokens=4
+        )
+        assert raw.parse().choices[0].message.content is not None
+        request_id = raw.headers["x-request-id"]
+        answer = rate(key, {"request_id": request_id, "rating": "down", "comment": "not a synopsis"})  # at once
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"object": "feedback", "request_id": request_id, "rating": "down"}
+        db = sqlite3.connect(workspace / "tuneloop.db")
+        stored = db.execute("select request_id, key_id, rating, comment from served_feedback").fetchall()
+        assert stored == [(request_id, made.id, "down", "not a synopsis")]
+        for secret, rated in ((key, "no-such-request"), (other, request_id)):
+            refused = rate(secret, {"request_id": rated, "rating": "up"})
+            assert refused.status_code == 404 and refused.json()["error"]["param"] == "request_id"
+        assert rate(None, {"request_id": request_id, "rating": "up"}).status_code == 401
+    finally:
+        _kill(ep.proc)
+    assert db.execute("select endpoint from requests").fetchall() == [("chat.completions",)]  # ratings: not logged

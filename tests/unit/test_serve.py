@@ -1,23 +1,34 @@
 """The serving pieces that need no engine: serve configs and their errors, vLLM flags, engine command lines, API
-keys in the real workspace database, rate limits, reading responses and streams for the request log, and the
-checks `tuneloop serve` makes before it starts an engine."""
+keys in the real workspace database, rate limits, reading responses and streams for the request log, the checks
+`tuneloop serve` makes before it starts an engine, and the ratings applications send (`POST /v1/feedback`)."""
 
 from __future__ import annotations
 
 import json
 import socket
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.unit.test_feedback import database  # noqa: F401  (the SQLite and PostgreSQL workspace databases)
 from tuneloop.cli import app
 from tuneloop.config.errors import RecipeError
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.config import ServeConfig, engine_flags, load_serve_config
 from tuneloop.serve.engine import Deployment, Engine, Served, resolve
-from tuneloop.serve.gateway import RateLimiter, _rename_model
-from tuneloop.serve.store import KeyRing, RequestLog, _output_and_usage, create_key, list_keys, revoke_key
+from tuneloop.serve.gateway import Gateway, RateLimiter, _rename_model
+from tuneloop.serve.store import (
+    KeyRing,
+    RequestLog,
+    _output_and_usage,
+    create_key,
+    list_keys,
+    rate_request,
+    revoke_key,
+)
+from tuneloop.serve.traffic import feedback_counts
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -244,3 +255,131 @@ def test_keys_verbs(workspace):
     assert "revoked" in runner.invoke(app, ["serve", "keys", "revoke", f"tlk_{key_id}"]).output
     assert json.loads(runner.invoke(app, ["serve", "keys", "list", "--json"]).stdout)[0]["revoked"] is True
     assert runner.invoke(app, ["serve", "keys", "create", " "]).exit_code == 2
+
+
+def _served(request_id: str, key_id: str | None = None, model: str = "m", ts: datetime | None = None) -> dict:
+    """A request record as the gateway hands it to the request log."""
+    raw = json.dumps({"choices": [{"message": {"content": "an answer"}}]}).encode()
+    return {
+        "request_id": request_id, "ts": ts or datetime.now(UTC), "key_id": key_id, "endpoint": "chat.completions",
+        "model": model, "version": "1", "stream": False, "status": 200, "latency_ms": 5.0, "ttft_ms": None,
+        "body": {"messages": [{"role": "user", "content": "hi"}]}, "raw": raw, "tokenizer": None,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def gateway(workspace, tmp_path):
+    """A gateway with two keys and a real request log, without an engine (its routes are called in-process)."""
+    from starlette.testclient import TestClient
+
+    first, first_key = create_key("app")
+    second, _ = create_key("other-app")
+    log = RequestLog()
+    engine = Engine("transformers", _deployment(tmp_path), ServeConfig(), tmp_path)
+    client = TestClient(Gateway(ServeConfig(), engine, KeyRing(), log).app())
+    yield client, log, {"first": first, "first_id": first_key.id, "second": second}
+    log.close()
+
+
+def _rate(client, key: str | None, body) -> tuple[int, dict]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post("/v1/feedback", content=data, headers=headers)
+    return r.status_code, r.json()
+
+
+def test_bad_feedback_gets_a_400_naming_the_field(gateway):
+    client, _log, keys = gateway
+    cases = [
+        (b'{"request_id": "a", ', "body", "not valid JSON"),
+        (b'["a", "up"]', "body", "must be a JSON object"),
+        ({"request_id": "a", "rating": "up", "score": 1}, "score", "Unknown field `score`"),
+        ({"rating": "up"}, "request_id", "`request_id` is missing"),
+        ({"request_id": 7, "rating": "up"}, "request_id", "not 7"),
+        ({"request_id": "x" * 65, "rating": "up"}, "request_id", "1 to 64 characters"),
+        ({"request_id": "a"}, "rating", '`rating` must be "up" or "down", not missing'),
+        ({"request_id": "a", "rating": "thumbs_up"}, "rating", 'not "thumbs_up"'),
+        ({"request_id": "a", "rating": "up", "comment": 5}, "comment", "must be a string"),
+        ({"request_id": "a", "rating": "up", "comment": "x" * 2001}, "comment", "2001 characters; at most 2000"),
+    ]
+    for body, param, message in cases:
+        status, answer = _rate(client, keys["first"], body)
+        assert status == 400 and answer["error"]["param"] == param and message in answer["error"]["message"], body
+        assert answer["error"]["type"] == "BadRequestError"
+    status, answer = _rate(client, None, {"request_id": "a", "rating": "up"})
+    assert status == 401 and answer["error"]["code"] == "invalid_api_key"
+
+
+def test_a_rating_sent_with_the_answer_finds_its_request_and_a_second_one_replaces_it(gateway, workspace):
+    import sqlite3
+
+    client, log, keys = gateway
+    log.append(_served("req-1", keys["first_id"]))  # no wait: the log's thread has not written it yet
+    assert _rate(client, keys["first"], {"request_id": "req-1", "rating": "up"}) == (
+        200, {"object": "feedback", "request_id": "req-1", "rating": "up"}
+    )  # fmt: skip
+    import openai  # the second rating as docs/serving.md sends it
+
+    app = openai.OpenAI(base_url="http://testserver/v1", api_key=keys["first"], http_client=client, max_retries=0)
+    body = {"request_id": "req-1", "rating": "down", "comment": "wrong package"}
+    assert app.post("/feedback", body=body, cast_to=object)["rating"] == "down"
+    db = sqlite3.connect(workspace / "tuneloop.db")
+    assert db.execute("select request_id, key_id, rating, comment from served_feedback").fetchall() == [
+        ("req-1", keys["first_id"], "down", "wrong package")
+    ]
+    assert db.execute("select count(*) from requests").fetchone() == (1,)  # ratings are not model traffic
+    for key, request_id in ((keys["second"], "req-1"), (keys["first"], "nope")):  # another key's id looks unknown
+        status, answer = _rate(client, key, {"request_id": request_id, "rating": "up"})
+        assert (
+            status == 404
+            and answer["error"]["param"] == "request_id"
+            and "made with this key" in answer["error"]["message"]
+        )
+
+
+@pytest.mark.usefixtures("database")
+def test_feedback_counts_rate_requests_by_their_model_and_time():
+    log = RequestLog()
+    old = datetime.now(UTC) - timedelta(days=3)
+    for request_id, model, ts in (("a", "m", None), ("b", "m", None), ("c", "m", old), ("d", "other", None)):
+        log.append(_served(request_id, model=model, ts=ts))
+    log.append(_served("a", model="m"))  # a request id the client reused: still one rating
+    log.close()
+    assert rate_request("a", None, "up", None) and rate_request("b", None, "up", None)
+    assert rate_request("b", None, "down", "changed my mind")  # no keys: one rating per request all the same
+    assert rate_request("c", None, "down", None) and rate_request("d", None, "down", None)
+    assert not rate_request("e", None, "up", None)
+    assert not rate_request("a", "k1", "up", None)  # logged without a key: no key made it
+    assert feedback_counts() == {"up": 1, "down": 3}
+    assert feedback_counts("m") == {"up": 1, "down": 2}
+    assert feedback_counts("m", datetime.now(UTC) - timedelta(days=1)) == {"up": 1, "down": 1}
+    assert feedback_counts("m", datetime.now() - timedelta(days=1)) == {"up": 1, "down": 1}  # naive: UTC
+    assert feedback_counts("nothing") == {"up": 0, "down": 0}
+
+
+@pytest.mark.usefixtures("database")
+def test_a_keys_first_ratings_sent_at_once_leave_one_row():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import select
+
+    from tuneloop import db
+    from tuneloop.serve.store import served_feedback
+
+    log = RequestLog()
+    log.append(_served("r", "k1"))
+    log.close()
+    ratings = ["up", "down"] * 4
+    with ThreadPoolExecutor(len(ratings)) as pool:
+        assert all(pool.map(lambda rating: rate_request("r", "k1", rating, None), ratings))
+    with db.engine().connect() as conn:
+        assert len(conn.execute(select(served_feedback)).all()) == 1
+
+
+def test_a_client_request_id_too_long_for_the_log_is_replaced() -> None:
+    from tuneloop.serve.gateway import _client_request_id
+
+    assert _client_request_id("trace-42") == "trace-42"
+    assert _client_request_id("x" * 65) is None  # would fail the log's batch insert on PostgreSQL
+    assert _client_request_id("bad\nid") is None
+    assert _client_request_id(None) is None

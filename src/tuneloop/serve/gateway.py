@@ -4,7 +4,8 @@ It does not speak the OpenAI protocol itself: request bodies go to the engine by
 streams, chunk by chunk) come back unchanged, so the endpoint behaves exactly as vLLM does. The gateway only adds
 what vLLM lacks: keys checked against the workspace database, 429s per key, one log row per request, version
 headers, an allow-list of routes (vLLM's `/tokenize`, `/invocations` and admin routes stay unreachable), and
-switching engines when the followed alias moves — in-flight requests finish on the engine they started on.
+switching engines when the followed alias moves — in-flight requests finish on the engine they started on. One route
+is its own: `POST /v1/feedback`, the thumbs up or down an application sends about an answer it showed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -29,10 +31,14 @@ from starlette.routing import Route
 
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.engine import Deployment, Engine
+from tuneloop.serve.store import rate_request
 
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
 LOG_CAP = 1 << 20  # bytes of a streamed response kept for the request log
 VERSION_HEADER = "x-tuneloop-model-version"
+RATINGS = ("up", "down")
+COMMENT_MAX = 2000  # characters of a rating's comment
+LOG_WAIT_S = 10.0  # how long a rating waits for its request's row (the log is written in the background)
 
 
 def error(status: int, message: str, type_: str, code: str | int | None = None, param: str | None = None,
@@ -116,6 +122,7 @@ class Gateway:
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
             *(Route(path, self.proxy, methods=["POST"]) for path in ENDPOINTS),
+            Route("/v1/feedback", self.feedback, methods=["POST"]),
             Route("/{path:path}", self.unknown, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         return Starlette(routes=routes, lifespan=contextlib.asynccontextmanager(self._lifespan))
@@ -184,8 +191,34 @@ class Gateway:
 
     async def unknown(self, request: Request) -> Response:
         return error(404, f"Unknown route {request.method} {request.url.path}; this endpoint serves /v1/models, "
-                     "/v1/chat/completions, /v1/completions, /health and /metrics", "invalid_request_error",
-                     "not_found")  # fmt: skip
+                     "/v1/chat/completions, /v1/completions, /v1/feedback, /health and /metrics",
+                     "invalid_request_error", "not_found")  # fmt: skip
+
+    async def feedback(self, request: Request) -> Response:
+        """A rating of an answer, by the application that showed it: stored against the logged request, itself
+        neither logged nor forwarded (it is not model traffic). Keys may rate only their own requests."""
+        denied, key = self._authorize(request)
+        if denied:
+            return denied
+        parsed = _feedback_body(await request.body())
+        if isinstance(parsed, Response):
+            return parsed
+        request_id, rating, comment = parsed
+        if self.log is None:
+            return error(404, "This endpoint runs without a request log (--no-request-log): it has no request to "
+                         "rate.", "NotFoundError", 404, "request_id")  # fmt: skip
+        if not await asyncio.to_thread(self.log.wait_written, request_id, LOG_WAIT_S):
+            return error(503, f"Request {request_id!r} is not in the request log yet (the database is slow); retry "
+                         "in a few seconds.", "ServiceUnavailable", 503, headers={"retry-after": "5"})  # fmt: skip
+        try:
+            found = await asyncio.to_thread(rate_request, request_id, key["id"] if key else None, rating, comment)
+        except SQLAlchemyError as e:
+            return error(503, f"The rating could not be stored: {e}", "ServiceUnavailable", 503)
+        if not found:
+            made = " made with this key" if key else ""
+            return error(404, f"No request {request_id!r}{made} in the request log: send the x-request-id header of "
+                         "the response being rated.", "NotFoundError", 404, "request_id")  # fmt: skip
+        return JSONResponse({"object": "feedback", "request_id": request_id, "rating": rating})
 
     def _authorize(self, request: Request) -> tuple[Response | None, dict[str, Any] | None]:
         if self.keyring is None:
@@ -216,7 +249,7 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(denied.status_code)).inc()
             return denied
         body = await request.body()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = _client_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
         record = {
             "request_id": request_id, "ts": datetime.now(UTC), "key_id": key["id"] if key else None,
             "endpoint": endpoint, "model": None, "version": None, "stream": False, "body": None, "tokenizer": None,
@@ -452,6 +485,43 @@ class Gateway:
     async def stop_engines(self) -> None:
         for e in [self.engine, *self._draining]:
             await asyncio.to_thread(e.stop)
+
+
+def _client_request_id(value: str | None) -> str | None:
+    """A client's own x-request-id is kept when it fits the log's column (64 printable characters); a longer one
+    would make the whole batch of log rows fail on PostgreSQL, so the request gets an id of its own instead."""
+    return value if value and len(value) <= 64 and value.isprintable() else None
+
+
+def _feedback_body(body: bytes) -> tuple[str, str, str | None] | Response:
+    """(request_id, rating, comment) of a feedback body, or the 400 naming the first field that is wrong."""
+
+    def bad(message: str, param: str) -> Response:
+        return error(400, message, "BadRequestError", 400, param)
+
+    try:
+        payload = json.loads(body)
+    except ValueError as e:
+        return bad(f"The request body is not valid JSON: {e}", "body")
+    if not isinstance(payload, dict):
+        return bad('The body must be a JSON object: {"request_id": "...", "rating": "up"}.', "body")
+    for field in payload:
+        if field not in ("request_id", "rating", "comment"):
+            return bad(f"Unknown field `{field}`: feedback takes request_id, rating and comment.", field)
+    request_id, rating, comment = payload.get("request_id"), payload.get("rating"), payload.get("comment")
+    if request_id is None:
+        return bad("`request_id` is missing: send the x-request-id header of the response being rated.", "request_id")
+    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
+        return bad("`request_id` must be the x-request-id header of the response being rated (1 to 64 characters), "
+                   f"not {json.dumps(request_id)[:80]}.", "request_id")  # fmt: skip
+    if rating not in RATINGS:
+        shown = "missing" if rating is None else json.dumps(rating)[:80]
+        return bad(f'`rating` must be "up" or "down", not {shown}.', "rating")
+    if comment is not None and not isinstance(comment, str):
+        return bad(f"`comment` must be a string (or left out), not {json.dumps(comment)[:80]}.", "comment")
+    if comment is not None and len(comment) > COMMENT_MAX:
+        return bad(f"`comment` has {len(comment)} characters; at most {COMMENT_MAX} are taken.", "comment")
+    return request_id, rating, comment or None
 
 
 _MODEL_FIELD = re.compile(rb'"model":\s*"(?:[^"\\]|\\.)*"')

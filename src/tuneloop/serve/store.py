@@ -1,4 +1,5 @@
-"""API keys and the request log, in the workspace database (tuneloop.db).
+"""API keys, the request log and the ratings applications send about served answers, in the workspace database
+(tuneloop.db).
 
 Keys are random 32-byte secrets, so a salted SHA-256 is the right hash (slow password hashes protect guessable
 secrets; these are not guessable, and a request cannot wait 50 ms for scrypt). The key id is part of the key
@@ -15,12 +16,27 @@ import queue
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Column, DateTime, Float, Integer, String, Table, Text, insert, select, update
+from sqlalchemy import (
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 
 from tuneloop.db import metadata
 from tuneloop.errors import TuneloopError
@@ -60,6 +76,18 @@ requests = Table(
     Column("request", Text, nullable=False),  # the request body as JSON (prompt or messages, parameters)
     Column("output", Text, nullable=True),  # the generated text (first choice)
     Column("error", Text, nullable=True),
+)
+
+served_feedback = Table(
+    "served_feedback",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),  # the rated request; indexed by the unique constraint
+    Column("key_id", String(16), nullable=True),  # who rated it; None on an endpoint without keys
+    Column("rating", String(8), nullable=False),  # up | down
+    Column("comment", Text, nullable=True),
+    Column("ts", DateTime(timezone=True), nullable=False),  # of the (latest) rating
+    UniqueConstraint("request_id", "key_id", name="uq_served_feedback_rating"),
 )
 
 
@@ -183,13 +211,23 @@ class RequestLog:
     def __init__(self, count_tokens: Callable[[dict[str, Any]], tuple[int | None, int | None]] | None = None):
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._count = count_tokens
+        # request ids queued but not yet written: a rating sent right after the answer waits for its row
+        self._pending: Counter[str] = Counter()
+        self._settled = threading.Condition()
         self.written = 0
         self.failed = 0
         self._thread = threading.Thread(target=self._run, name="tuneloop-request-log", daemon=True)
         self._thread.start()
 
     def append(self, record: dict[str, Any]) -> None:
+        with self._settled:
+            self._pending[record["request_id"]] += 1
         self._queue.put(record)
+
+    def wait_written(self, request_id: str, timeout: float) -> bool:
+        """Until every queued record of `request_id` was written (or given up on); False after `timeout`."""
+        with self._settled:
+            return self._settled.wait_for(lambda: request_id not in self._pending, timeout)
 
     def close(self, timeout: float = 30) -> None:
         self._queue.put(None)
@@ -224,6 +262,9 @@ class RequestLog:
                         self.failed += len(rows)
                         print(f"warning: request log: {len(rows)} record(s) not written: {e}", flush=True)
                     time.sleep(0.2 * (attempt + 1))
+            with self._settled:
+                self._pending -= Counter(r["request_id"] for r in rows)
+                self._settled.notify_all()
 
     def _row(self, r: dict[str, Any]) -> dict[str, Any]:
         output, usage = _output_and_usage(r.pop("raw", b""), r["stream"], r["status"])
@@ -311,3 +352,30 @@ def recent(limit: int = 20, key_id: str | None = None) -> list[dict[str, Any]]:
         q = q.where(requests.c.key_id == key_id)
     with db.engine().connect() as conn:
         return [dict(r) for r in conn.execute(q).mappings()]
+
+
+def rate_request(request_id: str, key_id: str | None, rating: str, comment: str | None) -> bool:
+    """Store an application's rating of a logged request; a second rating by the same key replaces the first (users
+    change their mind). False when no such request was made with `key_id` (so keys cannot probe each other's ids);
+    `key_id=None` is an endpoint without keys, where any logged request may be rated."""
+    from tuneloop import db
+
+    logged = select(requests.c.id).where(requests.c.request_id == request_id)
+    if key_id is not None:
+        logged = logged.where(requests.c.key_id == key_id)
+    same_rater = served_feedback.c.key_id == key_id if key_id is not None else served_feedback.c.key_id.is_(None)
+    mine = update(served_feedback).where(served_feedback.c.request_id == request_id, same_rater)
+    values = {"rating": rating, "comment": comment, "ts": _now()}
+
+    def once() -> bool:
+        with db.engine().begin() as conn:
+            if conn.execute(logged.limit(1)).first() is None:
+                return False
+            if conn.execute(mine.values(**values)).rowcount == 0:
+                conn.execute(insert(served_feedback).values(request_id=request_id, key_id=key_id, **values))
+        return True
+
+    try:
+        return once()
+    except IntegrityError:  # the same key's first rating was inserted concurrently: this one replaces it
+        return once()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tuneloop.eval.backends import Prompt
 
@@ -110,3 +110,24 @@ def read(
             out.append(Logged(r["id"], r["request_id"], ts, r["endpoint"], r["model"], r["version"], prompt,
                               r["output"]))  # fmt: skip
     return out, {k: v for k, v in skipped.items() if v}
+
+
+def feedback_counts(model: str | None = None, since: datetime | None = None) -> dict[str, int]:
+    """Thumbs up and down that applications sent (`POST /v1/feedback`) about requests served since `since` (the
+    request's time, not the rating's), by `model` or by any: {"up": n, "down": n}. The online quality signal."""
+    from tuneloop import db
+    from tuneloop.serve.store import requests, served_feedback
+
+    served = select(requests.c.id).where(requests.c.request_id == served_feedback.c.request_id)
+    if model:
+        served = served.where(requests.c.model == model)
+    if since:
+        # stored as UTC (SQLite keeps no zone); a naive time is UTC, as in parse_when
+        served = served.where(requests.c.ts >= (since.astimezone(UTC) if since.tzinfo else since.replace(tzinfo=UTC)))
+    # a semi-join: a request id a client reused is still one rating per rater, not one per logged row
+    q = select(served_feedback.c.rating, func.count()).where(served.exists()).group_by(served_feedback.c.rating)
+    counts = {"up": 0, "down": 0}
+    with db.engine().connect() as conn:
+        for rating, n in conn.execute(q):
+            counts[rating] = n
+    return counts
