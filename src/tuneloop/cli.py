@@ -43,6 +43,9 @@ app.add_typer(feedback_app, name="feedback")
 from tuneloop.sweep.commands import app as sweep_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(sweep_app, name="sweep")
+from tuneloop.monitor.commands import app as monitor_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(monitor_app, name="monitor")
 
 SetOpt = Annotated[
     list[str] | None,

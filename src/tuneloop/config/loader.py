@@ -315,7 +315,8 @@ def _dotted(loc: tuple, raw: Any) -> str:
     node = raw
     for part in loc:
         if isinstance(part, int):
-            name = node[part].get("name") if isinstance(node, list) and part < len(node) else None
+            item = node[part] if isinstance(node, list) and part < len(node) else None
+            name = item.get("name") if isinstance(item, dict) else None  # a list of strings has no names
             if isinstance(name, str) and out and out[-1] == "stages":
                 out.append(name)
             elif out:

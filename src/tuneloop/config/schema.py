@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from tuneloop.config.errors import AtKey
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
 
@@ -429,6 +431,11 @@ class Recipe(Section):
         description="A hyperparameter sweep over this recipe (`tuneloop sweep RECIPE`): search space in `--set` "
         "paths, objectives (metrics, cost), budget, sampler, pruning; see docs/sweeps.md.",
     )
+    monitor: Monitor | None = Field(
+        None,
+        description="Watch this recipe's served model (`tuneloop monitor RECIPE`): traffic window, reference, drift "
+        "tests, retraining triggers and cooldown; see docs/monitoring.md.",
+    )
 
     @model_validator(mode="after")
     def _stage_names_unique(self) -> Recipe:
@@ -438,6 +445,8 @@ class Recipe(Section):
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
         if self.registry is not None and not self.tracking.mlflow:
             raise ValueError("`registry` needs MLflow tracking: remove `tracking.mlflow: false` or the registry")
+        if self.monitor is not None and self.monitor.model is None and self.registry is None:
+            raise AtKey("monitor", "name the registered model to watch in `monitor.model` (or add `registry:`)")
         self._fill_decontamination()
         return self
 
@@ -482,6 +491,7 @@ class Recipe(Section):
 from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
 from tuneloop.config.feedback import Campaign  # noqa: E402
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
+from tuneloop.config.monitor import Monitor  # noqa: E402
 from tuneloop.config.prepare import Step  # noqa: E402
 from tuneloop.config.sweep import Sweep  # noqa: E402
 
