@@ -46,6 +46,9 @@ app.add_typer(sweep_app, name="sweep")
 from tuneloop.monitor.commands import app as monitor_app  # noqa: E402  (imports typer and rich only)
 
 app.add_typer(monitor_app, name="monitor")
+from tuneloop.loop.commands import app as loop_app  # noqa: E402  (imports typer and rich only)
+
+app.add_typer(loop_app, name="loop")
 
 SetOpt = Annotated[
     list[str] | None,

@@ -50,6 +50,7 @@ def engine() -> Engine:
             event.listen(eng, "connect", _sqlite_pragmas)
         # the tables of every package that stores rows (importing registers them on `metadata` for queries)
         from tuneloop.feedback import store as _feedback  # noqa: F401
+        from tuneloop.loop import store as _loop  # noqa: F401
         from tuneloop.monitor import store as _monitor  # noqa: F401
         from tuneloop.serve import store as _serve  # noqa: F401
 

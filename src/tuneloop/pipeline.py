@@ -24,6 +24,7 @@ def run(
     from_stage: str | None = None,
     callbacks: Callable[[Any], list[Any]] | None = None,
     parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RunResult:
     """The whole recipe: training stages, then (main process only) evaluation, gate, registration and promotion,
     all tracked in one MLflow run that ends FINISHED, or FAILED with the error (and then registers nothing).
@@ -32,7 +33,8 @@ def run(
     trains, and the suite runs afterwards with `tuneloop eval --suite RECIPE -m BASE -m RUN_DIR`.
 
     A sweep's trial passes `callbacks` (intermediate evaluations, budget guard) and `parent_run_id` (its MLflow run
-    is a child of the sweep's). A `RunStopped` from a callback (pruned, out of budget) ends the run KILLED.
+    is a child of the sweep's). A `RunStopped` from a callback (pruned, out of budget) ends the run KILLED. A loop
+    round passes `tags` (its round and campaign), which registration copies into the version's lineage.
     """
     from tuneloop.errors import RunStopped
     from tuneloop.tracking import RunTracker
@@ -44,6 +46,7 @@ def run(
     if not main:
         tracker = RunTracker.disabled()
     tracker.parent_run_id = parent_run_id
+    tracker.extra_tags = dict(tags or {})
     tracker.preflight()
     follows = evaluate and (recipe.evaluation is not None or recipe.registry is not None)
     try:

@@ -162,16 +162,19 @@ def _with_suite(raw: dict, where: dict[KeyPath, Where], path: Path) -> tuple[dic
 
 
 def _check_stage_args(raw: dict) -> list[tuple[tuple, str]]:
+    """Trainer arguments of the recipe's stages, and of a `loop:`'s retraining stages (checked now, not after a
+    round has waited two days for votes)."""
     found = []
-    stages = raw.get("stages")
-    for i, stage in enumerate(stages if isinstance(stages, list) else []):
-        if not isinstance(stage, dict) or stage.get("method") not in trainer_fields.methods():
-            continue
-        args = stage.get("args")
-        if isinstance(args, dict):
-            found += [
-                (("stages", i, "args", key), msg) for key, msg in trainer_fields.check_args(stage["method"], args)
-            ]
+    loop = raw.get("loop")
+    retrain = loop.get("retrain") if isinstance(loop, dict) else None
+    for where, stages in ((("stages",), raw.get("stages")), (("loop", "retrain"), retrain)):
+        for i, stage in enumerate(stages if isinstance(stages, list) else []):
+            if not isinstance(stage, dict) or stage.get("method") not in trainer_fields.methods():
+                continue
+            args = stage.get("args")
+            if isinstance(args, dict):
+                checked = trainer_fields.check_args(stage["method"], args)
+                found += [((*where, i, "args", key), msg) for key, msg in checked]
     return found
 
 

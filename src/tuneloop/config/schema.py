@@ -431,6 +431,11 @@ class Recipe(Section):
         description="A hyperparameter sweep over this recipe (`tuneloop sweep RECIPE`): search space in `--set` "
         "paths, objectives (metrics, cost), budget, sampler, pruning; see docs/sweeps.md.",
     )
+    loop: Loop | None = Field(
+        None,
+        description="Feedback rounds (`tuneloop loop RECIPE`): served traffic judged by raters, exported, a "
+        "challenger retrained from the champion, gated and promoted; see docs/loop.md.",
+    )
     monitor: Monitor | None = Field(
         None,
         description="Watch this recipe's served model (`tuneloop monitor RECIPE`): traffic window, reference, drift "
@@ -445,6 +450,8 @@ class Recipe(Section):
             raise ValueError(f"stage names must be unique; repeated: {', '.join(dupes)}")
         if self.registry is not None and not self.tracking.mlflow:
             raise ValueError("`registry` needs MLflow tracking: remove `tracking.mlflow: false` or the registry")
+        if self.loop is not None and self.loop.model is None and self.registry is None:
+            raise AtKey("loop", "name the registered model to retrain in `loop.model` (or add `registry:`)")
         if self.monitor is not None and self.monitor.model is None and self.registry is None:
             raise AtKey("monitor", "name the registered model to watch in `monitor.model` (or add `registry:`)")
         self._fill_decontamination()
@@ -491,6 +498,7 @@ class Recipe(Section):
 from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
 from tuneloop.config.feedback import Campaign  # noqa: E402
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
+from tuneloop.config.loop import Loop  # noqa: E402
 from tuneloop.config.monitor import Monitor  # noqa: E402
 from tuneloop.config.prepare import Step  # noqa: E402
 from tuneloop.config.sweep import Sweep  # noqa: E402

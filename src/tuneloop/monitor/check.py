@@ -57,10 +57,13 @@ def run_check(
         ref = R.reference(recipe, recipe_path, monitor, say=say)
         say(f"comparing {len(window.prompts)} request(s) with {len(ref.prompts)} reference row(s): {ref.meta['what']}")
         report["reference"] = {"what": ref.meta["what"], "rows": len(ref.prompts)}
+        say("embedding prompts with all-MiniLM-L6-v2 (the reference's embeddings are cached for later checks)")
         embedding = D.embedding_drift(
             R.embeddings(ref.prompts), D.embed(window.prompts), monitor.drift.embedding_auc,
             monitor.drift.embedding_p_value, seed=monitor.seed,
         )  # fmt: skip
+        if "language" in monitor.drift.descriptors:
+            say("detecting languages (lingua, offline)")
         scores = embedding.pop("window_scores")
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: D.EXAMPLES]
         embedding["most_unlike_reference"] = [{"prompt": window.prompts[i][:500], "score": scores[i]} for i in ranked]

@@ -50,10 +50,15 @@ def check(
     watch: Annotated[bool, typer.Option("--watch", help="Check every `monitor.interval` until stopped.")] = False,
     interval: Annotated[str | None, typer.Option("--interval", help="--watch: time between checks (`5m`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print each check's report as JSON.")] = False,
+    no_round: Annotated[
+        bool, typer.Option("--no-round", help="Only check: do not start or continue the recipe's `loop:` round.")
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Compare the traffic window with the reference, weigh the triggers (drift, new votes, thumbs-down share,
-    schedule), apply the cooldown and record the decision with a report.html."""
+    schedule), apply the cooldown and record the decision with a report.html. When a trigger fires and the recipe
+    has a `loop:` section, a feedback round starts; while one is open, every check moves it on as far as it can
+    go without waiting (so `--once` from cron drives the whole loop)."""
     from tuneloop.config.sweep import duration_s
     from tuneloop.errors import TuneloopError
     from tuneloop.monitor.check import run_check
@@ -81,12 +86,33 @@ def check(
                 out.print_json(json.dumps({k: v for k, v in report.items() if k != "plots_data"}, default=str))
             else:
                 _print(report)
+            if loaded.loop is not None and not no_round:
+                _drive_round(loaded, recipe, set_, fired=report["decision"] == "fired", say=say, watch=watch)
         if not watch:
             return
         try:
             time.sleep(pause)
         except KeyboardInterrupt:
             return
+
+
+def _drive_round(recipe: Any, path: Path, overrides: list[str] | None, *, fired: bool, say: Any, watch: bool) -> None:
+    """Start a round when a trigger fired, or move the open one on (never waiting for votes here)."""
+    from tuneloop.errors import TuneloopError
+    from tuneloop.loop import store as rounds
+    from tuneloop.loop.round import loop_name, run_round
+
+    latest = rounds.history(loop_name(recipe))[:1]
+    if not fired and not (latest and latest[0]["status"] in ("running", "waiting")):
+        return
+    try:
+        rnd = run_round(recipe, path, overrides=overrides, wait=False, say=say)
+    except TuneloopError as e:
+        err.print(f"[red]error:[/] the feedback round: {e}")
+        if not watch:
+            raise typer.Exit(1) from None
+        return
+    say(f"round {rnd['number']}: {rnd['status']} (next step {rnd['step']})")
 
 
 def _print(report: dict[str, Any]) -> None:

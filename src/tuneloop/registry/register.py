@@ -251,7 +251,8 @@ def lineage_tags(
         tags["tuneloop.parent"] = record["parent"]
     for key in ("tuneloop.recipe", "tuneloop.recipe_path", "tuneloop.recipe_sha256", "tuneloop.code.commit",
                 "tuneloop.code.dirty", "tuneloop.package.commit", "tuneloop.version", "tuneloop.sweep",
-                "tuneloop.sweep_trial"):  # fmt: skip
+                "tuneloop.sweep_trial", "tuneloop.loop", "tuneloop.loop_round", "tuneloop.campaign",
+                "tuneloop.traffic"):  # fmt: skip
         if key in run_tags:
             tags[key] = run_tags[key]
     for s in summary.get("stages", []):

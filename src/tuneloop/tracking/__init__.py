@@ -42,6 +42,7 @@ class RunTracker:
         self._warned = False
         self._params: dict[str, str] = {}
         self.parent_run_id: str | None = None  # a sweep's run, when this run is one of its trials
+        self.extra_tags: dict[str, str] = {}  # set by the caller before the run starts (a loop round's lineage)
 
     @classmethod
     def disabled(cls) -> RunTracker:
@@ -84,7 +85,7 @@ class RunTracker:
                 self.say(f"tracking: reopened MLflow run {self.run_id}")
             else:
                 self.experiment_id = store.experiment_id(c, self.experiment)
-                all_tags = {"tuneloop.kind": self.kind, "tuneloop.run_dir": str(run_dir), **tags}
+                all_tags = {"tuneloop.kind": self.kind, "tuneloop.run_dir": str(run_dir), **tags, **self.extra_tags}
                 if self.parent_run_id:
                     all_tags["mlflow.parentRunId"] = self.parent_run_id
                 run = store.retry(lambda: c.create_run(self.experiment_id, run_name=run_name, tags=all_tags))

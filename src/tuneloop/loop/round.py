@@ -1,0 +1,199 @@
+"""One feedback round, step by step, each step recorded before the next starts so that a round killed anywhere
+continues from that step when run again:
+
+    campaign  sample the served traffic since the previous round and create the feedback campaign
+    votes     wait for raters (real ones in the rater app, or scripts/simulate_raters.py) until enough usable
+              votes, or stop the round at the deadline
+    export    turn the votes into TRL rows (flagged raters and ties out, as `tuneloop feedback export`)
+    train     retrain from the champion on them, evaluate against the champion, gate, register the challenger
+              with the round in its lineage, and promote it only if the gate passes (`pipeline.run`)
+
+Only one round per registered model runs at a time (loop.store.locked). The steps are glue: the campaign, the
+export, training, evaluation, the gate, registration and promotion are the same code the separate commands run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from tuneloop import workspace
+from tuneloop.config.loop import Loop
+from tuneloop.config.schema import Recipe
+from tuneloop.config.sweep import duration_s
+from tuneloop.errors import TuneloopError
+from tuneloop.loop import store
+
+
+def loop_name(recipe: Recipe) -> str:
+    assert recipe.loop is not None
+    return recipe.loop.name or recipe.name
+
+
+def loop_model(recipe: Recipe) -> str:
+    assert recipe.loop is not None
+    return recipe.loop.model or (recipe.registry.name if recipe.registry else "")
+
+
+def round_dir(loop: str, number: int) -> Path:
+    return workspace.home() / "loop" / loop / f"round-{number}"
+
+
+def run_round(
+    recipe: Recipe,
+    recipe_path: Path,
+    *,
+    overrides: list[str] | None = None,
+    wait: bool = True,
+    say: Callable[[str], None] = print,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Run the loop's open round (or a new one) as far as it can go; returns the round's record. `overrides` are
+    the `--set` values `recipe` was loaded with (the retraining recipe is derived from the same file). With
+    `wait=False` a round without enough votes yet returns at once, `waiting` (run it again later, e.g. from cron)."""
+    loop = recipe.loop
+    assert loop is not None, "the caller checks that the recipe has a `loop:` section"
+    name, model = loop_name(recipe), loop_model(recipe)
+    with store.locked(model):
+        rnd = store.open_round(name, model)
+        say(f"round {rnd['number']} of loop {name} (model {model}): at step {rnd['step']}")
+        rnd = store.save(rnd, status="running")
+        steps = {"campaign": _campaign, "votes": _votes, "export": _export, "train": _train}
+        while rnd["step"] != "done" and rnd["status"] == "running":
+            rnd = steps[rnd["step"]](recipe, recipe_path, loop, rnd, say=say, wait=wait, sleep=sleep,
+                                     overrides=overrides)  # fmt: skip
+        return rnd
+
+
+def campaign_name(loop: Loop, number: int) -> str:
+    return f"{loop.campaign.name}-r{number}"
+
+
+def _campaign(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    from tuneloop.feedback import campaigns
+    from tuneloop.feedback import store as feedback
+
+    say = kw["say"]
+    name = campaign_name(loop, rnd["number"])
+    spec = loop.campaign.model_copy(deep=True, update={"name": name})
+    since = store.previous_start(rnd["loop"], rnd["number"])
+    if spec.requests is not None and since is not None:
+        spec.requests.since = since.isoformat()  # traffic the previous round did not see
+    try:
+        feedback.campaign(name)
+        say(f"campaign {name} exists (created before this round was interrupted): kept")
+    except TuneloopError:
+        campaigns.create(spec, recipe_path, say=say)
+    traffic = {"since": spec.requests.since, "model": spec.requests.model} if spec.requests else None
+    return store.save(rnd, step="votes", state={"campaign": name, "campaign_created_at": datetime.now(UTC).isoformat(),
+                                                "traffic": traffic})  # fmt: skip
+
+
+def usable_votes(campaign: str) -> int:
+    """Votes that export would use: not on gold items, not by raters flagged on gold items."""
+    from tuneloop.feedback import campaigns
+    from tuneloop.feedback import store as feedback
+
+    flagged = {r for r, f in campaigns.flagged(campaign).items() if f["flagged"]}
+    return sum(1 for v in feedback.all_votes(campaign) if not v["gold"] and v["rater"] not in flagged)
+
+
+def _votes(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    say, wait, sleep = kw["say"], kw["wait"], kw["sleep"]
+    campaign = rnd["state"]["campaign"]
+    deadline = datetime.fromisoformat(rnd["state"]["campaign_created_at"]) + timedelta(
+        seconds=duration_s(loop.votes.wait)
+    )
+    shown = -1
+    while True:
+        n = usable_votes(campaign)
+        if n >= loop.votes.min:
+            say(f"{n} usable votes on {campaign} (at least {loop.votes.min}): exporting")
+            return store.save(rnd, step="export", state={"votes": n})
+        if datetime.now(UTC) >= deadline:
+            reason = (f"too few votes: {n} usable of the {loop.votes.min} needed by the deadline "
+                      f"({deadline:%Y-%m-%d %H:%M} UTC, `loop.votes.wait` {loop.votes.wait})")  # fmt: skip
+            say(f"round {rnd['number']} stopped: {reason}")
+            return store.save(rnd, status="stopped", state={"votes": n, "decision": "stopped", "reason": reason})
+        if not wait:
+            say(f"{n} of {loop.votes.min} usable votes on {campaign}; waiting until {deadline:%Y-%m-%d %H:%M} UTC "
+                "(run the loop again to continue)")  # fmt: skip
+            return store.save(rnd, status="waiting", state={"votes": n})
+        if n != shown:
+            say(f"{n} of {loop.votes.min} usable votes on {campaign}; waiting (deadline {deadline:%Y-%m-%d %H:%M} UTC)")
+            shown = n
+        sleep(duration_s(loop.votes.poll))
+
+
+def _export(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    from tuneloop.feedback.export import export
+
+    out = round_dir(rnd["loop"], rnd["number"]) / "data"
+    manifest_file = out / "export.yaml"
+    if manifest_file.is_file():  # exported before an interruption: the same votes, kept
+        import yaml
+
+        manifest = yaml.safe_load(manifest_file.read_text())
+    else:
+        tmp = out.with_name("data.partial")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        manifest = export(rnd["state"]["campaign"], loop.export, tmp)
+        tmp.rename(out)
+    kw["say"](f"exported {manifest['rows']} {loop.export} rows from {manifest['votes_used']} votes -> {out}")
+    return store.save(rnd, step="train", state={"data_dir": str(out), "rows": manifest["rows"],
+                                                "data_fingerprint": manifest["fingerprint"]})  # fmt: skip
+
+
+def round_recipe(
+    recipe_path: Path, loop: Loop, model: str, data_dir: Path, overrides: list[str] | None = None
+) -> Recipe:
+    """The recipe a round trains: the loop's `retrain` stages from the champion on the exported rows, judged
+    against the champion by the recipe's evaluation and gate, registered under the same name."""
+    from tuneloop.config.loader import load_recipe
+
+    champion = f"models:/{model}@champion"
+    exported = {"source": str(data_dir), "eval_split": None}
+    stages = [{"data": exported, **s.model_dump(mode="json", by_alias=True, exclude_unset=True)} for s in loop.retrain]
+    sets = [  # the recipe's own `data` stays: its evaluation tasks read their rows from it
+        f"base_model={json.dumps({'name': champion})}",
+        f"stages={json.dumps(stages)}",
+        f"evaluation.baseline={champion}",
+        f"registry.name={model}",
+        "loop=null",
+        "monitor=null",
+        "sweep=null",
+    ]
+    return load_recipe(recipe_path, [*(overrides or []), *sets])
+
+
+def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    from tuneloop import pipeline
+
+    say = kw["say"]
+    state = rnd["state"]
+    model = rnd["model"]
+    trained = round_recipe(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"])
+    run_dir = round_dir(rnd["loop"], rnd["number"]) / "run"
+    resume = (run_dir / "summary.json").exists() or (run_dir / "recipe.yaml").exists()
+    tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
+            "tuneloop.campaign": state["campaign"], "tuneloop.traffic": json.dumps(state.get("traffic"))}  # fmt: skip
+    say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
+    result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags)
+    reg, decision = result.registration, result.promotion
+    promoted = bool(decision is not None and getattr(decision, "promoted", False))
+    summary = {
+        "run_dir": str(result.run_dir),
+        "version": getattr(reg, "version", None),
+        "decision": "promoted" if promoted else "refused",
+        "reason": getattr(decision, "reason", None) or ("" if promoted else "the gate did not pass"),
+        "cost": (result.cost or {}).get("total"),
+    }
+    say(f"round {rnd['number']}: {model}/{summary['version']} {summary['decision']}")
+    return store.save(rnd, step="done", status="done", state=summary)

@@ -1,0 +1,240 @@
+"""Feedback rounds on the tiny model with the real pieces: the request log the gateway writes, the feedback store
+and its queue (the code the rater app calls to assign and record votes), the export, DPO training, evaluation
+against the champion, the gate, the MLflow registry and its promotion; plus the round's bookkeeping: waiting for
+votes, the deadline, resuming after an interruption, and the one-round-per-model lock."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+from tuneloop.config.loader import load_recipe
+from tuneloop.errors import TuneloopError
+
+runner = CliRunner()
+
+LOOP = """loop:
+  campaign:
+    name: loopy
+    requests: {model: synopsis, since: 1h, sample: 6}
+    models:
+      - {name: champion, logged: true}
+      - {name: candidate, model: "models:/loopy@champion"}
+    generation: {max_new_tokens: 6, batch_size: 8}
+    overlap: 1
+    gold_share: 0
+    guidelines: Prefer the accurate synopsis.
+  votes: {min: 4, wait: 1h, poll: 1s}
+  export: dpo
+  retrain:
+    - name: dpo
+      method: dpo
+      args: {learning_rate: 1.0e-3, max_steps: 2, per_device_train_batch_size: 2, max_length: 128,
+             logging_steps: 1, save_steps: 100}
+"""
+
+
+def _traffic(n: int, tag: str) -> None:
+    from tuneloop.serve.store import RequestLog
+
+    log = RequestLog()
+    for i in range(n):
+        body = {"model": "synopsis", "messages": [{"role": "user", "content": f"Describe package {tag}-{i} for me"}]}
+        raw = {"choices": [{"message": {"role": "assistant", "content": f"tool {i}"}}]}
+        log.append({"request_id": f"{tag}-{i}", "ts": datetime.now(UTC) - timedelta(seconds=1), "key_id": None,
+                    "endpoint": "chat.completions", "model": "synopsis", "version": "1", "stream": False,
+                    "status": 200, "latency_ms": 5.0, "ttft_ms": None, "body": body,
+                    "raw": json.dumps(raw).encode()})  # fmt: skip
+    log.close()
+
+
+def _vote_all(campaign: str, rater: str = "ann") -> int:
+    """A rater works through the queue (the rater app's own calls), always preferring the left answer."""
+    from tuneloop.feedback import queue
+    from tuneloop.feedback import store as fb
+
+    if rater not in {r["name"] for r in fb.list_raters()}:
+        fb.add_rater(rater, "password-123")
+    n = 0
+    while (a := queue.next_assignment(campaign, rater, "pairwise")) is not None:
+        queue.record_vote(a.id, rater, {"choice": "left"}, f"{rater}-{a.id}")
+        n += 1
+    return n
+
+
+@pytest.fixture
+def looped(tiny_recipe):
+    """A recipe whose first run made models:/loopy/1 the champion, and whose `loop:` retrains it."""
+    path = tiny_recipe("loopy", tail=LOOP)
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _round(path, sets=None, **kw):
+    from tuneloop.loop.round import run_round
+
+    return run_round(load_recipe(path, sets), path, overrides=sets, say=lambda _m: None, **kw)
+
+
+def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
+    from tuneloop.registry.materialize import get_version
+    from tuneloop.tracking import store as tracking
+
+    _traffic(6, "first")
+    lenient = ["evaluation.gate=[{metric: perplexity, max_drop: 1000}]"]
+    waiting = _round(looped, lenient, wait=False)
+    assert waiting["status"] == "waiting" and waiting["step"] == "votes" and waiting["state"]["votes"] == 0
+    assert _vote_all("loopy-r1") == 6
+    done = _round(looped, lenient, wait=False)  # continues the same round from its votes step
+    assert done["number"] == 1 and done["status"] == "done", done
+    state = done["state"]
+    assert state["campaign"] == "loopy-r1" and state["votes"] == 6 and state["rows"] == 6
+    assert state["version"] == "2" and state["decision"] == "promoted"
+    assert tracking.client().get_registered_model("loopy").aliases["champion"] == 2
+    tags = get_version("models:/loopy/2").tags
+    assert tags["tuneloop.parent"] == "loopy/1"  # trained from the champion
+    assert tags["tuneloop.campaign"] == "loopy-r1" and tags["tuneloop.loop_round"] == "1"
+    assert json.loads(tags["tuneloop.traffic"])["model"] == "synopsis"
+
+    # round 2 judges only traffic after round 1 started, and its challenger (learning rate 0: no better) is refused
+    _traffic(5, "second")
+    strict = ["evaluation.gate=[{metric: perplexity, must_improve: true, p_value: 0.05}]",
+              "loop.retrain=[{name: dpo, method: dpo, args: {learning_rate: 0.0, max_steps: 1, max_length: 128, "
+              "per_device_train_batch_size: 2, save_steps: 100}}]"]  # fmt: skip
+    second = _round(looped, strict, wait=False)
+    assert second["number"] == 2 and second["status"] == "waiting"
+    from tuneloop.feedback import store as fb
+
+    prompts = [json.loads(it["prompt"]) if isinstance(it["prompt"], str) else it["prompt"]
+               for it in fb.item_rows("loopy-r2").values()]  # fmt: skip
+    assert len(prompts) == 5 and all("second-" in p[-1]["content"] for p in prompts)
+    _vote_all("loopy-r2")
+    refused = _round(looped, strict)
+    assert refused["status"] == "done" and refused["state"]["decision"] == "refused", refused["state"]
+    assert refused["state"]["version"] == "3"
+    assert tracking.client().get_registered_model("loopy").aliases["champion"] == 2  # the champion stays
+
+    result = runner.invoke(app, ["loop", "history", "loopy"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "promoted" in result.output and "refused" in result.output
+    result = runner.invoke(app, ["loop", "status", str(looped), "--json"])
+    assert result.exit_code == 0 and json.loads(result.stdout)["number"] == 2
+
+
+def test_a_round_without_enough_votes_by_the_deadline_stops(looped):
+    _traffic(6, "quiet")
+    slept = []
+    rnd = _round(looped, ["loop.votes.wait=2s"], sleep=lambda s: slept.append(s) or __import__("time").sleep(1.0))
+    assert rnd["status"] == "stopped" and "too few votes: 0 usable of the 4 needed" in rnd["state"]["reason"]
+    assert slept  # it polled before giving up
+    nxt = _round(looped, ["loop.votes.wait=1h"], wait=False)  # a stopped round is over: the next one starts ...
+    assert nxt["number"] == 2 and nxt["status"] == "waiting"
+    from tuneloop.feedback import store as fb
+
+    assert len(fb.item_rows("loopy-r2")) == 6  # ... and offers the traffic nobody judged again
+
+
+def test_an_interrupted_round_continues_where_it_stopped(looped, monkeypatch):
+    from tuneloop import pipeline
+    from tuneloop.feedback import campaigns
+
+    _traffic(6, "crash")
+    _round(looped, wait=False)
+    _vote_all("loopy-r1")
+    real = pipeline.run
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt  # killed while training
+
+    monkeypatch.setattr(pipeline, "run", crash)
+    with pytest.raises(KeyboardInterrupt):
+        _round(looped)
+    from tuneloop.loop import store
+
+    rnd = store.history("loopy")[0]
+    assert rnd["step"] == "train" and rnd["status"] == "running" and rnd["state"]["rows"] == 6
+    monkeypatch.setattr(pipeline, "run", real)
+    created = []
+    monkeypatch.setattr(campaigns, "create", lambda *a, **k: created.append(a))
+    done = _round(looped, ["evaluation.gate=[{metric: perplexity, max_drop: 1000}]"])
+    assert done["number"] == 1 and done["status"] == "done" and not created  # no second campaign, same export
+    assert done["state"]["data_fingerprint"] == rnd["state"]["data_fingerprint"]
+
+
+def test_one_round_per_model_at_a_time(looped):
+    from tuneloop.loop import store
+
+    with store.locked("loopy") as holder:
+        with pytest.raises(TuneloopError, match=r"a round of loopy is already running \(.*:\d+:"):
+            _round(looped, wait=False)
+        assert holder
+    with store.locked("loopy", heartbeat_s=0.05):
+        pass  # released on exit
+    # a holder that stopped heartbeating (killed) loses the lock after `stale_s`
+    from sqlalchemy import insert
+
+    from tuneloop import db
+
+    old = datetime.now(UTC) - timedelta(hours=1)
+    with db.engine().begin() as conn:
+        conn.execute(insert(store.locks).values(model="loopy", holder="gone:1:x", acquired_at=old, heartbeat_at=old))
+    with store.locked("loopy") as holder:
+        assert holder != "gone:1:x"
+
+
+def test_loop_section_errors(write, tiny_model):
+    from tuneloop.config.errors import RecipeError
+
+    path = write(
+        "bad-loop.yaml",
+        f"""
+        name: bad-loop
+        base_model: {tiny_model}
+        data: {{source: debian-descriptions, task: synopsis}}
+        stages: [{{name: sft, method: sft}}]
+        registry: {{name: bad-loop}}
+        loop:
+          campaign: {{name: c, requests: {{since: 1h}}, models: [{{name: a, logged: true}}],
+                     tasks: {{pairwise: false, rating: []}}}}
+          votes: {{min: 0, wait: soon}}
+          retrain: []
+        """,
+    )
+    with pytest.raises(RecipeError) as e:
+        load_recipe(path)
+    text = str(e.value)
+    for expected in ("loop.votes.min", "loop.votes.wait", "'soon' is not a duration", "loop.retrain"):
+        assert expected in text, (expected, text)
+
+
+def test_the_monitor_starts_a_round_and_later_checks_finish_it(tiny_recipe):
+    """`tuneloop monitor RECIPE --once` from cron drives the loop: a fired trigger starts a round, which waits for
+    votes; the next checks move it on without waiting, until the challenger is judged."""
+    from tuneloop.serve.store import rate_request
+
+    monitor = ("monitor:\n  window: {since: 1h, model: synopsis, min_requests: 1000}\n"
+               "  triggers: {drift: false, thumbs_down: {above: 0.5, min_ratings: 3}}\n")  # fmt: skip
+    path = tiny_recipe("loopy", tail=LOOP + monitor)
+    assert runner.invoke(app, ["run", str(path)]).exit_code == 0
+    _traffic(6, "rated")
+    for i in range(4):
+        assert rate_request(f"rated-{i}", None, "down", None)
+    lenient = ["--set", "evaluation.gate=[{metric: perplexity, max_drop: 1000}]"]
+    first = runner.invoke(app, ["monitor", str(path), "--once", *lenient], env={"COLUMNS": "200"})
+    assert first.exit_code == 0, first.output
+    assert "decision: fired" in first.output and "thumbs down: 100% of 4 ratings" in first.output
+    assert "round 1: waiting (next step votes)" in first.output
+    _vote_all("loopy-r1")
+    second = runner.invoke(app, ["monitor", str(path), "--once", *lenient], env={"COLUMNS": "200"})
+    assert second.exit_code == 0, second.output
+    assert "decision: held" in second.output  # the cooldown holds the trigger ...
+    assert "round 1: done (next step done)" in second.output  # ... and the open round is finished
+    from tuneloop.loop import store
+
+    assert store.history("loopy")[0]["state"]["decision"] == "promoted"
+    third = runner.invoke(app, ["monitor", str(path), "--once", "--no-round", *lenient], env={"COLUMNS": "200"})
+    assert third.exit_code == 0 and "round" not in third.output.split("report:")[-1]
