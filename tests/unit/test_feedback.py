@@ -79,7 +79,7 @@ def test_migrations_reach_the_schema_the_code_queries(database):
 
     with db.engine().connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": db.VERSION_TABLE})
-        assert ctx.get_current_revision() == "0004"
+        assert ctx.get_current_revision() == "0005"
         assert compare_metadata(ctx, db.metadata) == []
 
 
