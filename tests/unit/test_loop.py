@@ -28,7 +28,7 @@ LOOP = """loop:
     overlap: 1
     gold_share: 0
     guidelines: Prefer the accurate synopsis.
-  votes: {min: 4, wait: 1h, poll: 1s}
+  votes: {min: 4, wait: 1h, poll: 1s, price: 0.05}
   export: dpo
   retrain:
     - name: dpo
@@ -100,6 +100,16 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
     assert tags["tuneloop.parent"] == "loopy/1"  # trained from the champion
     assert tags["tuneloop.campaign"] == "loopy-r1" and tags["tuneloop.loop_round"] == "1"
     assert json.loads(tags["tuneloop.traffic"])["model"] == "synopsis"
+    delta = next(d for d in state["deltas"] if d["metric"] == "perplexity")
+    assert delta["a"] == "models:/loopy@champion" and delta["b"] == "fine-tuned" and len(delta["ci"]) == 2
+    assert state["gate"] == "passed" and state["cost"]["raters"]["money"] == pytest.approx(0.3)
+    assert state["cost"]["total"]["money"] == pytest.approx(0.3 + state["cost"]["compute"]["money"])
+    client = tracking.client()
+    parent = client.get_run(state["mlflow_run_id"])  # the round's run, its training run a child
+    assert parent.info.status == "FINISHED" and parent.data.tags["tuneloop.decision"] == "promoted"
+    assert parent.data.metrics["votes"] == 6 and "delta/ppl/perplexity" in parent.data.metrics
+    child = client.get_run(tags["tuneloop.run_id"])
+    assert child.data.tags["mlflow.parentRunId"] == state["mlflow_run_id"]
 
     # round 2 judges only traffic after round 1 started, and its challenger (learning rate 0: no better) is refused
     _traffic(5, "second")
@@ -119,6 +129,8 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
     assert refused["state"]["version"] == "3"
     assert tracking.client().get_registered_model("loopy").aliases["champion"] == 2  # the champion stays
 
+    result = runner.invoke(app, ["loop", "status", "loopy"], env={"COLUMNS": "200"})
+    assert "ppl/perplexity: fine-tuned − models:/loopy@champion = " in result.output and "cost: " in result.output
     result = runner.invoke(app, ["loop", "history", "loopy"], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "promoted" in result.output and "refused" in result.output
     result = runner.invoke(app, ["loop", "status", str(looped), "--json"])

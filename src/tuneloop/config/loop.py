@@ -22,6 +22,10 @@ class Votes(Section):
     )  # fmt: skip
     wait: str = Field("2d", description="Deadline after the campaign is created (`30m`, `2d`).")
     poll: str = Field("30s", description="How often the vote count is read while waiting.")
+    price: float | None = Field(
+        None, ge=0, description="What one vote costs (rater time, in the price table's currency): added to the "
+        "round's cost next to training and evaluation."
+    )  # fmt: skip
 
     @field_validator("wait", "poll")
     @classmethod

@@ -67,9 +67,17 @@ def _print_round(rnd: dict[str, Any]) -> None:
     s = rnd["state"]
     style = STATUS_STYLE.get(rnd["status"], "")
     out.print(f"round {rnd['number']}: [{style}]{rnd['status']}[/] (next step: {rnd['step']})")
-    for key in ("campaign", "votes", "rows", "version", "decision", "reason", "run_dir"):
+    for key in ("campaign", "votes", "agreement", "rows", "version", "decision", "reason", "run_dir"):
         if s.get(key) not in (None, ""):
-            out.print(f"  {key}: {s[key]}", markup=False)
+            value = f"{s[key]:.3f}" if isinstance(s[key], float) else s[key]
+            out.print(f"  {key}: {value}", markup=False)
+    for d in s.get("deltas") or []:
+        ci = f" (95% CI {d['ci'][0]:+.2f} … {d['ci'][1]:+.2f}, p {d['p_value']:.3g})" if d.get("ci") else ""
+        out.print(f"  {d['task']}/{d['metric']}: {d['b']} − {d['a']} = {d['diff']:+.2f}{ci}", markup=False)
+    total = (s.get("cost") or {}).get("total") or {}
+    if total.get("money") is not None:
+        parts = ", ".join(f"{k} {v.get('money', 0):.4g}" for k, v in s["cost"].items() if k != "total" and v)
+        out.print(f"  cost: {total['money']:.4g} {total.get('currency') or ''} ({parts})", markup=False)
 
 
 def _name(target: str, overrides: list[str] | None) -> str:

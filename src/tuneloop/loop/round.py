@@ -62,11 +62,78 @@ def run_round(
         rnd = store.open_round(name, model)
         say(f"round {rnd['number']} of loop {name} (model {model}): at step {rnd['step']}")
         rnd = store.save(rnd, status="running")
+        if "mlflow_run_id" not in rnd["state"] and recipe.tracking.mlflow:
+            rnd = store.save(rnd, state={"mlflow_run_id": _parent_run(recipe, rnd, say)})
         steps = {"campaign": _campaign, "votes": _votes, "export": _export, "train": _train}
         while rnd["step"] != "done" and rnd["status"] == "running":
             rnd = steps[rnd["step"]](recipe, recipe_path, loop, rnd, say=say, wait=wait, sleep=sleep,
                                      overrides=overrides)  # fmt: skip
+        if rnd["status"] in ("done", "stopped"):
+            _finish_tracking(rnd, say)
         return rnd
+
+
+def _parent_run(recipe: Recipe, rnd: dict[str, Any], say: Callable[[str], None]) -> str | None:
+    """The round's MLflow run: its training run is a child, and its summary (votes, agreement, rows, metric
+    deltas with CIs, decision, cost) lands here. Tracking never stops a round: None when MLflow is unreachable."""
+    try:
+        from tuneloop.tracking import store as S
+
+        S.quiet()
+        client = S.client()
+        experiment = S.experiment_id(client, recipe.tracking.experiment or recipe.name)
+        tags = {"tuneloop.kind": "loop_round", "tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
+                "tuneloop.model": rnd["model"]}  # fmt: skip
+        run = S.retry(lambda: client.create_run(experiment, run_name=f"loop/{rnd['loop']}/round-{rnd['number']}",
+                                                tags=tags))  # fmt: skip
+        return run.info.run_id
+    except Exception as e:  # shown, never fatal
+        say(f"warning: the round is not tracked in MLflow ({type(e).__name__}: {e})")
+        return None
+
+
+def summary_metrics(state: dict[str, Any]) -> dict[str, float]:
+    """The round's numbers as MLflow metrics: votes, agreement, rows, each metric's difference from the champion
+    with its CI, and the cost by kind."""
+    out: dict[str, float] = {}
+    for key in ("votes", "rows", "agreement"):
+        if isinstance(state.get(key), int | float):
+            out[key] = float(state[key])
+    for d in state.get("deltas") or []:
+        base = f"delta/{d['task']}/{d['metric']}"
+        out[base] = d["diff"]
+        if d.get("ci"):
+            out[f"{base}_ci_low"], out[f"{base}_ci_high"] = d["ci"]
+    for kind, cost in (state.get("cost") or {}).items():
+        if isinstance(cost, dict) and isinstance(cost.get("money"), int | float):
+            out[f"cost/{kind}/money"] = cost["money"]
+    return out
+
+
+def _delta(comparison: dict[str, Any]) -> dict[str, Any]:
+    return {k: comparison.get(k) for k in ("task", "metric", "a", "b", "diff", "ci", "p_value")}
+
+
+def _finish_tracking(rnd: dict[str, Any], say: Callable[[str], None]) -> None:
+    run_id = rnd["state"].get("mlflow_run_id")
+    if not run_id:
+        return
+    try:
+        import time as _time
+
+        from mlflow.entities import Metric, RunTag
+
+        from tuneloop.tracking import store as S
+
+        client = S.client()
+        now = int(_time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in summary_metrics(rnd["state"]).items()]
+        shown = [k for k in ("decision", "reason", "campaign", "version") if rnd["state"].get(k)]
+        tags = [RunTag(f"tuneloop.{k}", str(rnd["state"][k])[:5000]) for k in shown]
+        S.retry(lambda: client.log_batch(run_id, metrics=metrics, tags=tags))
+        S.retry(lambda: client.set_terminated(run_id, "FINISHED"))
+    except Exception as e:  # shown, never fatal
+        say(f"warning: the round's summary is not in MLflow ({type(e).__name__}: {e})")
 
 
 def campaign_name(loop: Loop, number: int) -> str:
@@ -113,7 +180,7 @@ def _votes(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
         n = usable_votes(campaign)
         if n >= loop.votes.min:
             say(f"{n} usable votes on {campaign} (at least {loop.votes.min}): exporting")
-            return store.save(rnd, step="export", state={"votes": n})
+            return store.save(rnd, step="export", state={"votes": n, "agreement": _agreement(campaign)})
         if datetime.now(UTC) >= deadline:
             reason = (f"too few votes: {n} usable of the {loop.votes.min} needed by the deadline "
                       f"({deadline:%Y-%m-%d %H:%M} UTC, `loop.votes.wait` {loop.votes.wait})")  # fmt: skip
@@ -127,6 +194,15 @@ def _votes(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
             say(f"{n} of {loop.votes.min} usable votes on {campaign}; waiting (deadline {deadline:%Y-%m-%d %H:%M} UTC)")
             shown = n
         sleep(duration_s(loop.votes.poll))
+
+
+def _agreement(campaign: str) -> float | None:
+    """Krippendorff's alpha of the pairwise votes (None with too few overlapping votes to say)."""
+    from tuneloop.feedback.campaigns import report
+
+    found = report(campaign, resamples=200).get("agreement", {}).get("pairwise") or {}
+    value = found.get("value")
+    return value if isinstance(value, int | float) and value == value else None
 
 
 def _export(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -185,15 +261,26 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
             "tuneloop.campaign": state["campaign"], "tuneloop.traffic": json.dumps(state.get("traffic"))}  # fmt: skip
     say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
-    result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags)
+    result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags,
+                          parent_run_id=state.get("mlflow_run_id"))  # fmt: skip
     reg, decision = result.registration, result.promotion
-    promoted = bool(decision is not None and getattr(decision, "promoted", False))
+    promoted = bool(decision is not None and decision.promoted)
+    evaluation = result.evaluation or {}
+    gate = evaluation.get("gate")
+    compute = (result.cost or {}).get("total") or {}
+    cost: dict[str, Any] = {"compute": compute}
+    if loop.votes.price is not None:  # rater time, priced per vote
+        cost["raters"] = {"money": state.get("votes", 0) * loop.votes.price, "currency": compute.get("currency")}
+    cost["total"] = {"money": sum(c.get("money") or 0 for c in cost.values()), "currency": compute.get("currency"),
+                     "device_hours": compute.get("device_hours")}  # fmt: skip
     summary = {
         "run_dir": str(result.run_dir),
-        "version": getattr(reg, "version", None),
+        "version": reg.version if reg is not None else None,
         "decision": "promoted" if promoted else "refused",
-        "reason": getattr(decision, "reason", None) or ("" if promoted else "the gate did not pass"),
-        "cost": (result.cost or {}).get("total"),
+        "reason": decision.reason if decision is not None else "registry.promote is not auto: promote it by hand",
+        "gate": None if not gate else "passed" if gate["passed"] else "failed",
+        "deltas": [_delta(c) for c in evaluation.get("comparisons", [])],
+        "cost": cost,
     }
     say(f"round {rnd['number']}: {model}/{summary['version']} {summary['decision']}")
     return store.save(rnd, step="done", status="done", state=summary)
