@@ -340,3 +340,44 @@ tasks:
     )
     with pytest.raises(RecipeError, match="reward_score` needs the task's `reward_model:`"):
         load_suite(suite)
+
+
+def test_preference_accuracy_scores_how_often_the_chosen_answer_is_likelier(tiny_model, write, tmp_path):
+    """Held-out votes as an evaluation task: per pair, is the chosen answer likelier per token than the rejected
+    one? Swapping chosen and rejected turns every win into a loss, so the two accuracies add up to 100."""
+    lines = (Path(__file__).parents[2] / "data/debian-descriptions/test.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines[:12]]
+
+    def pairs(flip: bool) -> str:
+        out = []
+        for i, r in enumerate(rows):
+            good, bad = r["synopsis"], rows[(i + 1) % len(rows)]["synopsis"] + " and more words here"
+            chosen, rejected = (bad, good) if flip else (good, bad)
+            out.append(json.dumps({"prompt": [{"role": "user", "content": r["description"]}],
+                                   "chosen": [{"role": "assistant", "content": chosen}],
+                                   "rejected": [{"role": "assistant", "content": rejected}]}))  # fmt: skip
+        return "\n".join(out) + "\n"
+
+    write("votes/test.jsonl", pairs(False))
+    write("flipped/test.jsonl", pairs(True))
+    suite = write(
+        "suite.yaml",
+        """
+        name: held-out
+        tasks:
+          - {name: votes, kind: preference, data: {source: votes}, split: test}
+          - {name: flipped, kind: preference, data: {source: flipped}, split: test}
+        """,
+    )
+    out = tmp_path / "out"
+    result = invoke("eval", "--model", str(tiny_model), "--suite", str(suite), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    votes = model["tasks"]["votes"]["metrics"]["preference_accuracy"]
+    flipped = model["tasks"]["flipped"]["metrics"]["preference_accuracy"]
+    assert votes["value"] + flipped["value"] == pytest.approx(100.0)
+    assert votes["ci"][0] <= votes["value"] <= votes["ci"][1] and votes["higher_is_better"] is True
+    bad = write("bad/test.jsonl", json.dumps({"prompt": "x", "completion": "y"}) + "\n")
+    suite = write("bad.yaml", f"name: bad\ntasks: [{{name: b, kind: preference, data: {{source: {bad.parent}}}}}]\n")
+    result = invoke("eval", "--model", str(tiny_model), "--suite", str(suite), "--output", str(tmp_path / "o2"))
+    assert result.exit_code == 2 and "tasks[0].data: dpo needs prompt+chosen+rejected" in result.output  # at validation

@@ -93,13 +93,16 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
     done = _round(looped, lenient, wait=False)  # continues the same round from its votes step
     assert done["number"] == 1 and done["status"] == "done", done
     state = done["state"]
-    assert state["campaign"] == "loopy-r1" and state["votes"] == 6 and state["rows"] == 6
+    assert state["campaign"] == "loopy-r1" and state["votes"] == 6
+    assert state["rows"] == 5 and state["held_out_rows"] == 1  # loop.held_out: 0.2 of the pairs
     assert state["version"] == "2" and state["decision"] == "promoted"
     assert tracking.client().get_registered_model("loopy").aliases["champion"] == 2
     tags = get_version("models:/loopy/2").tags
     assert tags["tuneloop.parent"] == "loopy/1"  # trained from the champion
     assert tags["tuneloop.campaign"] == "loopy-r1" and tags["tuneloop.loop_round"] == "1"
     assert json.loads(tags["tuneloop.traffic"])["model"] == "synopsis"
+    held_out = next(d for d in state["deltas"] if d["metric"] == "preference_accuracy")
+    assert held_out["task"] == "feedback" and len(held_out["ci"]) == 2  # both models judged by held-out votes
     delta = next(d for d in state["deltas"] if d["metric"] == "perplexity")
     assert delta["a"] == "models:/loopy@champion" and delta["b"] == "fine-tuned" and len(delta["ci"]) == 2
     assert state["gate"] == "passed" and state["cost"]["raters"]["money"] == pytest.approx(0.3)
@@ -168,7 +171,7 @@ def test_an_interrupted_round_continues_where_it_stopped(looped, monkeypatch):
     from tuneloop.loop import store
 
     rnd = store.history("loopy")[0]
-    assert rnd["step"] == "train" and rnd["status"] == "running" and rnd["state"]["rows"] == 6
+    assert rnd["step"] == "train" and rnd["status"] == "running" and rnd["state"]["rows"] == 5
     monkeypatch.setattr(pipeline, "run", real)
     created = []
     monkeypatch.setattr(campaigns, "create", lambda *a, **k: created.append(a))

@@ -128,7 +128,8 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
             found.append((here, "no data: give the task a `data:` section (or the recipe one)"))
             continue
         if task.data is not None:
-            problems = check_data(task.data, (*here, "data"), base_dir, "sft", training=False)
+            shape = "dpo" if task.kind == "preference" else "sft"  # preference tasks read chosen/rejected pairs
+            problems = check_data(task.data, (*here, "data"), base_dir, shape, training=False)
             if problems:
                 found += problems
                 continue

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config.schema import NAME_PATTERN, Data, Section
 
-KINDS = ("generation", "classification", "perplexity")
+KINDS = ("generation", "classification", "perplexity", "preference")
 GENERATION_METRICS = (
     "bleu",
     "chrf",
@@ -40,11 +40,13 @@ METRICS = {
     "generation": GENERATION_METRICS,
     "classification": CLASSIFICATION_METRICS,
     "perplexity": ("perplexity",),
+    "preference": ("preference_accuracy",),
 }
 DEFAULT_METRICS = {
     "generation": ["bleu", "chrf", "rougeL", "similarity"],
     "classification": ["accuracy", "f1_macro", "f1_micro", "roc_auc"],
     "perplexity": ["perplexity"],
+    "preference": ["preference_accuracy"],
 }
 
 
@@ -69,11 +71,13 @@ class EvalTask(Section):
     )
     split: str = Field("test", description="Split of `data` to evaluate on.")
     max_rows: int | None = Field(None, gt=0, description="Use only the first N rows of the split.")
-    kind: Literal["generation", "classification", "perplexity"] | None = Field(
+    kind: Literal["generation", "classification", "perplexity", "preference"] | None = Field(
         None,
         description="`generation` scores generated text against references; `classification` parses a label "
         "from the answer and scores each label's likelihood (ROC-AUC); `perplexity` scores the reference "
-        "completions. Built-in tasks know their kind; otherwise `generation`.",
+        "completions; `preference` reads prompt/chosen/rejected rows (e.g. held-out votes) and scores how often "
+        "the model finds the chosen answer likelier per token (`preference_accuracy`). Built-in tasks know their "
+        "kind; otherwise `generation`.",
     )
     labels: list[str] | None = Field(
         None, description="Classification labels (built-in classification tasks bring theirs)."
@@ -105,7 +109,7 @@ class EvalTask(Section):
     def _known_metrics(cls, metrics: list[str] | None) -> list[str] | None:
         if metrics is None:
             return metrics
-        known = set(GENERATION_METRICS + CLASSIFICATION_METRICS + ("perplexity",))
+        known = set(GENERATION_METRICS + CLASSIFICATION_METRICS + ("perplexity", "preference_accuracy"))
         bad = [m for m in metrics if m not in known and not m.startswith("evaluate:")]
         if bad:
             from tuneloop.config.trainer_fields import closest

@@ -51,6 +51,14 @@ class Loop(Section):
     export: Literal["dpo", "kto", "sft"] = Field(
         "dpo", description="Training rows made of the votes (`tuneloop feedback export --format`)."
     )
+    held_out: float = Field(
+        0.2,
+        ge=0,
+        lt=1,
+        description="`dpo`: share of the exported pairs kept out of training; challenger and champion are both "
+        "scored on them (`feedback/preference_accuracy`: how often each finds the raters' choice likelier), with a "
+        "paired CI, next to the recipe's evaluation. 0 trains on every pair.",
+    )
     retrain: list[Stage] = Field(
         min_length=1,
         description="Stages trained from the champion on the exported rows (their `data` defaults to the export), "

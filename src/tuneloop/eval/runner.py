@@ -60,9 +60,9 @@ def evaluate_model(
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
     if spec.endpoint:
         for t in tasks:
-            if t.kind == "perplexity":
+            if t.kind in ("perplexity", "preference"):
                 raise TuneloopError(
-                    f"task {t.task.name} (perplexity) needs token log-probabilities, which an OpenAI-compatible "
+                    f"task {t.task.name} ({t.kind}) needs token log-probabilities, which an OpenAI-compatible "
                     "endpoint does not return for a given text; evaluate the checkpoint with --backend transformers"
                 )
     engine, model, info = open_engine(spec, backend, base_dir, say)
@@ -175,6 +175,12 @@ def _run_task(
         values = {
             "perplexity": M.perplexity_metric([s[0] for s in scored], [s[1] for s in scored], resamples=resamples)
         }
+    elif t.kind == "preference":  # references are [chosen, rejected]
+        chosen = engine.loglik([engine.render_answer(p, r[0]) for p, r in zip(t.prompts, t.references, strict=True)])
+        rejected = engine.loglik([engine.render_answer(p, r[1]) for p, r in zip(t.prompts, t.references, strict=True)])
+        if tick:
+            tick(len(t.prompts))
+        values = {"preference_accuracy": M.preference_metric(chosen, rejected, resamples=resamples)}
     for name in external:
         for key, value in M.evaluate_metric(name.split(":", 1)[1], predictions, t.references).items():
             result["metrics"][f"{name}/{key}" if key != name.split(":", 1)[1] else name] = {

@@ -48,6 +48,11 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: 
     prompts: list[Prompt] = []
     references: list[list[str]] = []
     for row in rows:
+        if kind == "preference":
+            prompt, pair = _split_pair(row, task.name)
+            prompts.append(prompt)
+            references.append(pair)
+            continue
         prompt, reference = _split_row(row, task.name)
         prompts.append(prompt)
         references.append([reference])
@@ -63,6 +68,17 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: 
     }
     fmt = effective_format(data)
     return TaskRows(task, kind, metrics, prompts, references, labels, fmt, info, columns)
+
+
+def _split_pair(row: dict[str, Any], task: str) -> tuple[Prompt, list[str]]:
+    """A preference row's prompt and [chosen, rejected] answer texts."""
+    if not all(k in row for k in ("prompt", "chosen", "rejected")):
+        raise TuneloopError(f"task {task} (preference): rows need prompt, chosen and rejected columns")
+
+    def text(answer: Any) -> str:
+        return answer[-1]["content"] if isinstance(answer, list) else str(answer)
+
+    return row["prompt"], [text(row["chosen"]), text(row["rejected"])]
 
 
 def _split_row(row: dict[str, Any], task: str) -> tuple[Prompt, str]:

@@ -206,29 +206,57 @@ def _agreement(campaign: str) -> float | None:
 
 
 def _export(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    import shutil
+
+    import yaml
+
     from tuneloop.feedback.export import export
 
-    out = round_dir(rnd["loop"], rnd["number"]) / "data"
-    manifest_file = out / "export.yaml"
-    if manifest_file.is_file():  # exported before an interruption: the same votes, kept
-        import yaml
-
-        manifest = yaml.safe_load(manifest_file.read_text())
-    else:
-        tmp = out.with_name("data.partial")
+    root = round_dir(rnd["loop"], rnd["number"])
+    out = root / "data"
+    if not (out / "export.yaml").is_file():  # else: exported before an interruption, the same votes, kept
+        tmp = root / "data.partial"
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp)
-        manifest = export(rnd["state"]["campaign"], loop.export, tmp)
+        export(rnd["state"]["campaign"], loop.export, tmp / "export")
+        _split(tmp, loop, seed=rnd["number"])
+        (tmp / "export" / "export.yaml").rename(tmp / "export.yaml")
         tmp.rename(out)
-    kw["say"](f"exported {manifest['rows']} {loop.export} rows from {manifest['votes_used']} votes -> {out}")
-    return store.save(rnd, step="train", state={"data_dir": str(out), "rows": manifest["rows"],
+    manifest = yaml.safe_load((out / "export.yaml").read_text())
+    train_rows = sum(1 for _ in (out / "train" / "train.jsonl").open())
+    held = out / "held-out" / "test.jsonl"
+    held_rows = sum(1 for _ in held.open()) if held.is_file() else 0
+    kw["say"](f"exported {manifest['rows']} {loop.export} rows from {manifest['votes_used']} votes: {train_rows} to "
+              f"train, {held_rows} held out -> {out}")  # fmt: skip
+    return store.save(rnd, step="train", state={"data_dir": str(out / "train"), "rows": train_rows,
+                                                "held_out_dir": str(held.parent) if held_rows else None,
+                                                "held_out_rows": held_rows,
                                                 "data_fingerprint": manifest["fingerprint"]})  # fmt: skip
 
 
+def _split(folder: Path, loop: Loop, seed: int) -> None:
+    """train/train.jsonl and (for DPO pairs, when `held_out` > 0 leaves at least one pair) held-out/test.jsonl."""
+    import random
+
+    lines = (folder / "export" / "train.jsonl").read_text().splitlines()
+    n_held = int(len(lines) * loop.held_out) if loop.export == "dpo" else 0
+    order = list(range(len(lines)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n_held]) if 0 < n_held < len(lines) else set()
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "train.jsonl").write_text("".join(f"{x}\n" for i, x in enumerate(lines) if i not in held))
+    if held:
+        (folder / "held-out").mkdir()
+        (folder / "held-out" / "test.jsonl").write_text("".join(f"{x}\n" for i, x in enumerate(lines) if i in held))
+
+
 def round_recipe(
-    recipe_path: Path, loop: Loop, model: str, data_dir: Path, overrides: list[str] | None = None
+    recipe_path: Path,
+    loop: Loop,
+    model: str,
+    data_dir: Path,
+    overrides: list[str] | None = None,
+    held_out: Path | None = None,
 ) -> Recipe:
     """The recipe a round trains: the loop's `retrain` stages from the champion on the exported rows, judged
     against the champion by the recipe's evaluation and gate, registered under the same name."""
@@ -246,6 +274,12 @@ def round_recipe(
         "monitor=null",
         "sweep=null",
     ]
+    if held_out is not None:  # the held-out votes as one more evaluation task, scored on both models
+        base = load_recipe(recipe_path, overrides)
+        tasks = [t.model_dump(mode="json", by_alias=True, exclude_unset=True) for t in
+                 (base.evaluation.tasks if base.evaluation else [])]  # fmt: skip
+        tasks.append({"name": "feedback", "kind": "preference", "data": {"source": str(held_out)}, "split": "test"})
+        sets.append(f"evaluation.tasks={json.dumps(tasks)}")
     return load_recipe(recipe_path, [*(overrides or []), *sets])
 
 
@@ -255,7 +289,8 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     say = kw["say"]
     state = rnd["state"]
     model = rnd["model"]
-    trained = round_recipe(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"])
+    held = Path(state["held_out_dir"]) if state.get("held_out_dir") else None
+    trained = round_recipe(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
     run_dir = round_dir(rnd["loop"], rnd["number"]) / "run"
     resume = (run_dir / "summary.json").exists() or (run_dir / "recipe.yaml").exists()
     tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
