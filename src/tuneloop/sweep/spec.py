@@ -146,10 +146,12 @@ def _builtin_kind(task, recipe: Recipe) -> str:
 
 def trial_overrides(recipe: Recipe) -> list[str]:
     """What every trial changes in the recipe: no registration (the chosen trial is registered by `sweep best
-    --register`), and no baseline or gate (the same baseline would be evaluated again in every trial)."""
+    --register`), no monitor or feedback loop (they watch a registered model), and no baseline or gate (the same
+    baseline would be evaluated again in every trial)."""
     out = []
     if recipe.registry is not None:
         out.append("registry=null")
+    out += [f"{section}=null" for section in ("monitor", "loop") if getattr(recipe, section) is not None]
     if recipe.evaluation is not None:
         out += ["evaluation.baseline=null", "evaluation.gate=[]"]
     return out
