@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:7860/")
     parser.add_argument("--raters", type=int, default=10)
     parser.add_argument("--votes", type=int, default=20, help="votes per rater")
-    parser.add_argument("--prefer", choices=["reference", "left", "random"], default="reference")
+    parser.add_argument("--prefer", choices=["reference", "rules", "left", "random"], default="reference")
     parser.add_argument("--noise", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--create-raters", action="store_true")

@@ -253,3 +253,18 @@ def test_the_monitor_starts_a_round_and_later_checks_finish_it(tiny_recipe):
     assert store.history("loopy")[0]["state"]["decision"] == "promoted"
     third = runner.invoke(app, ["monitor", str(path), "--once", "--no-round", *lenient], env={"COLUMNS": "200"})
     assert third.exit_code == 0 and "round" not in third.output.split("report:")[-1]
+
+
+def test_the_demos_simulated_raters_prefer_rule_following_then_closer_synopses():
+    import random
+
+    from tuneloop.feedback.simulate import choose, judge
+
+    rng = random.Random(0)
+    reference = "library for parsing XML documents"
+    assert judge("The XML library.", reference) < 1 <= judge("XML parsing library", reference)  # rules first
+    assert judge("library for parsing XML documents", reference) == pytest.approx(2.0)
+    assert choose("A library for XML.", "library for XML", reference, "rules", 0.0, rng) == "right"
+    assert choose("library for parsing XML", "tool for XML", reference, "rules", 0.0, rng) == "left"
+    picks = {choose("library for parsing XML", "tool", reference, "rules", 1.0, rng) for _ in range(40)}
+    assert picks == {"left", "right"}  # noise 1.0: a coin

@@ -1,9 +1,10 @@
 """Simulated raters voting through the rater app's real HTTP API (`gradio_client`, each with their own login):
 the load test of the app, and the stand-in for people when the feedback loop runs unattended.
 
-A simulated rater prefers the answer closer to the prompt's reference (ROUGE-L, `prefer="reference"`), always the
-left one (`"left"`, a position-biased rater) or picks at random (`"random"`); with probability `noise` it picks at
-random whatever its preference.
+A simulated rater prefers the answer closer to the prompt's reference (ROUGE-L, `prefer="reference"`), the answer
+that follows Debian's synopsis rules and is closer to the reference (`"rules"`: the preference the feedback-loop demo
+gives its raters, so whether retraining learned it can be measured), always the left one (`"left"`, a position-biased
+rater) or picks at random (`"random"`); with probability `noise` it picks at random whatever its preference.
 """
 
 from __future__ import annotations
@@ -46,15 +47,31 @@ class Result:
         }
 
 
+def judge(answer: str, reference: str | None, package: str | None = None) -> float:
+    """The `rules` preference as a score: 1 for following Debian's synopsis rules, plus ROUGE-L F (0–1) against
+    the reference when there is one. Rules first: a compliant answer beats a closer one that breaks them."""
+    from rouge_score import rouge_scorer
+
+    from tuneloop.rewards import follows_synopsis_rules
+
+    score = float(follows_synopsis_rules(answer, package))
+    if reference:
+        score += rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True).score(reference, answer)["rougeL"].fmeasure
+    return score
+
+
 def choose(left: str, right: str, reference: str | None, prefer: str, noise: float, rng: random.Random) -> str:
     if rng.random() < noise or prefer == "random" or (prefer == "reference" and not reference):
         return rng.choice(["left", "right"])
     if prefer == "left":
         return "left"
-    from rouge_score import rouge_scorer
+    if prefer == "rules":
+        a, b = judge(left, reference), judge(right, reference)
+    else:
+        from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    a, b = (scorer.score(reference, t)["rougeL"].fmeasure for t in (left, right))
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        a, b = (scorer.score(reference, t)["rougeL"].fmeasure for t in (left, right))
     return "left" if a > b else "right" if b > a else "tie"
 
 
