@@ -3,6 +3,7 @@ register → promote (serving follows the champion alias)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -171,7 +172,22 @@ def evaluate_run(
         models.append(ModelSpec(label, baseline))
     models.append(ModelSpec("fine-tuned", str(result.model_dir)))
     say(f"[bold]evaluating[/] {' and '.join(m.label for m in models)} on {len(tasks)} task(s)")
-    return run_suite(suite, models, out_dir, gate=ev.gate or None, say=say)
+    results = run_suite(suite, models, out_dir, gate=ev.gate or None, say=say)
+    _remember_registered(results, out_dir, suite)
+    return results
+
+
+def _remember_registered(results: dict[str, Any], out_dir: Path, suite: Any) -> None:
+    """A baseline that is a registered version (`models:/NAME@champion`) is cached as that version's evaluation,
+    so promoting against it does not evaluate it again. Never fails the run: the cache only saves time."""
+    from tuneloop.registry.materialize import registered_from
+    from tuneloop.registry.promotion import remember_result
+
+    for entry in results.get("models", [])[:-1]:  # the last one is the model this run trained
+        found = registered_from(entry["path"]) if entry.get("path") else None
+        if found and found.get("name") and found.get("version"):
+            with contextlib.suppress(Exception):
+                remember_result(str(found["name"]), str(found["version"]), results, out_dir, entry["label"], suite)
 
 
 def _baseline_ref(recipe: Recipe, result: RunResult, baseline: str) -> str:

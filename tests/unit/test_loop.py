@@ -90,12 +90,22 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
     waiting = _round(looped, lenient, wait=False)
     assert waiting["status"] == "waiting" and waiting["step"] == "votes" and waiting["state"]["votes"] == 0
     assert _vote_all("loopy-r1") == 6
-    done = _round(looped, lenient, wait=False)  # continues the same round from its votes step
+    said: list[str] = []
+    from tuneloop.loop.round import run_round
+
+    done = run_round(load_recipe(looped, lenient), looped, overrides=lenient, wait=False, say=said.append)
+    # ... continuing the same round from its votes step; the champion, evaluated as the round's baseline, is not
+    # evaluated again by the promotion that judges the challenger against it
+    assert not [m for m in said if "evaluating loopy/1" in m], said
     assert done["number"] == 1 and done["status"] == "done", done
     state = done["state"]
     assert state["campaign"] == "loopy-r1" and state["votes"] == 6
     assert state["rows"] == 5 and state["held_out_rows"] == 1  # loop.held_out: 0.2 of the pairs
     assert state["version"] == "2" and state["decision"] == "promoted"
+    from pathlib import Path
+
+    resolved = load_recipe(Path(state["run_dir"]) / "recipe.yaml")  # what `registry promote` reads back later
+    assert resolved.base_model.name == "models:/loopy@champion" and resolved.stages[0].name == "dpo"
     assert tracking.client().get_registered_model("loopy").aliases["champion"] == 2
     tags = get_version("models:/loopy/2").tags
     assert tags["tuneloop.parent"] == "loopy/1"  # trained from the champion

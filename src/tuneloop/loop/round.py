@@ -278,7 +278,8 @@ def round_recipe(
         base = load_recipe(recipe_path, overrides)
         tasks = [t.model_dump(mode="json", by_alias=True, exclude_unset=True) for t in
                  (base.evaluation.tasks if base.evaluation else [])]  # fmt: skip
-        tasks.append({"name": "feedback", "kind": "preference", "data": {"source": str(held_out)}, "split": "test"})
+        held = {"source": str(held_out), "eval_split": None}
+        tasks.append({"name": "feedback", "kind": "preference", "data": held, "split": "test"})
         sets.append(f"evaluation.tasks={json.dumps(tasks)}")
     return load_recipe(recipe_path, [*(overrides or []), *sets])
 

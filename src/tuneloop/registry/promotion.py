@@ -297,8 +297,21 @@ def _evaluate(name: str, version: str, tasks: list[Any], suite: Suite, backend: 
             tasks, backend=backend, base_dir=suite.base_dir, resamples=suite.resamples, say=say,
             progress=progress, price=price,
         )  # fmt: skip
+    return remember(name, version, run, suite, _wanted_keys(tasks, backend))
+
+
+def remember_result(name: str, version: str, results: dict[str, Any], out_dir: Path, label: str, suite: Suite) -> None:
+    """`remember` for one model of a results.json (the baseline of a run that was a registered version)."""
+    entry = next(e for e in results["models"] if e["label"] == label)
+    remember(name, version, load_run(out_dir, label), suite, _result_keys(results, entry))
+
+
+def remember(name: str, version: str, run: ModelRun, suite: Suite, keys: dict[str, str]) -> ModelRun:
+    """Keep a version's evaluation on these tasks where `cached_run` finds it: a later promotion judged on the same
+    suite reuses it instead of generating every answer again (a loop round evaluates the champion as its baseline,
+    then promotion judges the challenger against the same champion). `keys`: task -> comparability key."""
     local = cache_dir(name, version)
-    key = hashlib.sha256(json.dumps(sorted(_wanted_keys(tasks, backend).values())).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(sorted(keys.values())).encode()).hexdigest()[:12]
     out = local.parent / f"{local.name}.evals" / key
     info = {"name": suite.name, "path": suite.path, "tasks": _task_dumps(suite)}
     write_results(out, info, [ModelRun(dict(run.entry), dict(run.stats))], [], None)
