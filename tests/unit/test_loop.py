@@ -190,6 +190,28 @@ def test_an_interrupted_round_continues_where_it_stopped(looped, monkeypatch):
     assert done["state"]["data_fingerprint"] == rnd["state"]["data_fingerprint"]
 
 
+def test_a_round_killed_while_exporting_exports_again_from_scratch(looped, monkeypatch):
+    from tuneloop.loop import round as R
+
+    _traffic(6, "export")
+    _round(looped, wait=False)
+    _vote_all("loopy-r1")
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # after the export was written, before the split finished
+
+    real = R._split
+    monkeypatch.setattr(R, "_split", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _round(looped, ["loop.retrain.dpo.args.max_steps=1"])
+    partial = R.round_dir("loopy", 1) / "data.partial"
+    assert partial.is_dir() and not (R.round_dir("loopy", 1) / "data").exists()  # nothing half-made is used
+    monkeypatch.setattr(R, "_split", real)
+    done = _round(looped, ["loop.retrain.dpo.args.max_steps=1"])
+    assert done["status"] == "done" and done["state"]["rows"] + done["state"]["held_out_rows"] == 6
+    assert not partial.exists()
+
+
 def test_one_round_per_model_at_a_time(looped):
     from tuneloop.loop import store
 

@@ -119,14 +119,12 @@ def _finish_tracking(rnd: dict[str, Any], say: Callable[[str], None]) -> None:
     if not run_id:
         return
     try:
-        import time as _time
-
         from mlflow.entities import Metric, RunTag
 
         from tuneloop.tracking import store as S
 
         client = S.client()
-        now = int(_time.time() * 1000)
+        now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in summary_metrics(rnd["state"]).items()]
         shown = [k for k in ("decision", "reason", "campaign", "version") if rnd["state"].get(k)]
         tags = [RunTag(f"tuneloop.{k}", str(rnd["state"][k])[:5000]) for k in shown]
@@ -151,12 +149,14 @@ def _campaign(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any]
     if spec.requests is not None and since is not None:
         spec.requests.since = since.isoformat()  # traffic the previous round did not see
     try:
-        feedback.campaign(name)
+        created = feedback.campaign(name)["created_at"]
         say(f"campaign {name} exists (created before this round was interrupted): kept")
     except TuneloopError:
         campaigns.create(spec, recipe_path, say=say)
+        created = datetime.now(UTC)
+    created = created if created.tzinfo else created.replace(tzinfo=UTC)  # the votes' deadline counts from here
     traffic = {"since": spec.requests.since, "model": spec.requests.model} if spec.requests else None
-    return store.save(rnd, step="votes", state={"campaign": name, "campaign_created_at": datetime.now(UTC).isoformat(),
+    return store.save(rnd, step="votes", state={"campaign": name, "campaign_created_at": created.isoformat(),
                                                 "traffic": traffic})  # fmt: skip
 
 
