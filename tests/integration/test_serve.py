@@ -335,7 +335,8 @@ def test_multi_lora_serves_both_versions_from_one_engine(home, key, tmp_path):
 
 
 def test_engine_crash_is_503_then_a_nonzero_exit_with_the_engine_log(endpoint, key):
-    os.kill(endpoint.state()["engine_pid"], signal.SIGKILL)
+    engine = endpoint.state()["engine_pid"]  # the API server, leader of the engine's process group
+    os.kill(engine, signal.SIGKILL)
     status, body = None, None
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -350,3 +351,5 @@ def test_engine_crash_is_503_then_a_nonzero_exit_with_the_engine_log(endpoint, k
     assert endpoint.proc.wait(60) == 1
     out = endpoint.output()
     assert "error: the vllm engine exited with code -9; last lines of" in out
+    with pytest.raises(ProcessLookupError):  # no EngineCore or worker left behind in the engine's group
+        os.killpg(engine, 0)

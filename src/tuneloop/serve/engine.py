@@ -272,7 +272,13 @@ class Engine:
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to the engine's process group (vLLM has worker processes), SIGKILL after `timeout`."""
         self.stopping = True
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:
+            # the API server is gone (crashed, killed), but vLLM's EngineCore and workers outlive it in its group,
+            # holding gigabytes and a CPU: they go too
+            with contextlib.suppress(OSError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             return
         with contextlib.suppress(OSError):
             os.killpg(self.proc.pid, signal.SIGTERM)
