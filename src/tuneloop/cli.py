@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from tuneloop.commandline import exit_with_problems
+from tuneloop.commandline import load_recipe_or_exit
 from tuneloop.config.errors import RecipeError
 
 app = typer.Typer(
@@ -86,12 +86,7 @@ def _fail(message: str, code: int = 1, cause: BaseException | None = None) -> No
 
 
 def _load(path: Path, overrides: list[str] | None):
-    from tuneloop.config.loader import load_recipe
-
-    try:
-        return load_recipe(path, overrides)
-    except RecipeError as e:
-        exit_with_problems(e, path, err)
+    return load_recipe_or_exit(path, overrides, err)
 
 
 @app.command()

@@ -31,3 +31,23 @@ def exit_with_problems(e: RecipeError, path: Path, err: Any) -> None:
         err.print(str(p), markup=False)
     err.print(f"[red]{len(e.problems)} problem(s) in {path}[/]")
     raise typer.Exit(2) from None
+
+
+def load_recipe_or_exit(path: Path, overrides: list[str] | None, err: Any, section: str | None = None) -> Any:
+    """The recipe, or its problems printed and exit 2; with `section`, a recipe without that section (`loop`,
+    `monitor`) is an error that points to the section's documentation."""
+    from tuneloop.config.loader import load_recipe
+
+    try:
+        recipe = load_recipe(path, overrides)
+    except RecipeError as e:
+        exit_with_problems(e, path, err)
+    if section is not None and getattr(recipe, section) is None:
+        err.print(
+            f"[red]error:[/] {path} has no `{section}:` section (see {SECTION_DOCS.get(section, 'docs/recipes.md')})"
+        )
+        raise typer.Exit(2)
+    return recipe
+
+
+SECTION_DOCS = {"loop": "docs/loop.md", "monitor": "docs/monitoring.md"}

@@ -256,6 +256,9 @@ def test_loop_section_errors(write, tiny_model):
     text = str(e.value)
     for expected in ("loop.votes.min", "loop.votes.wait", "'soon' is not a duration", "loop.retrain"):
         assert expected in text, (expected, text)
+    plain = write("plain.yaml", path.read_text().split("loop:")[0])
+    result = runner.invoke(app, ["loop", "status", str(plain)])
+    assert result.exit_code == 2 and "has no `loop:` section (see docs/loop.md)" in result.output
 
 
 def test_the_monitor_starts_a_round_and_later_checks_finish_it(tiny_recipe):

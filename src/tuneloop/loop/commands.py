@@ -11,8 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop.commandline import exit_with_problems, implied_verb
-from tuneloop.config.errors import RecipeError
+from tuneloop.commandline import implied_verb, load_recipe_or_exit
 
 app = typer.Typer(
     cls=implied_verb("run"),  # `tuneloop loop RECIPE` is `tuneloop loop run RECIPE`
@@ -24,19 +23,6 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key (`loop.votes.min=50`).")]
 STATUS_STYLE = {"done": "green", "running": "cyan", "waiting": "yellow", "stopped": "red"}
-
-
-def _recipe(path: Path, overrides: list[str] | None) -> Any:
-    from tuneloop.config.loader import load_recipe
-
-    try:
-        recipe = load_recipe(path, overrides)
-    except RecipeError as e:
-        exit_with_problems(e, path, err)
-    if recipe.loop is None:
-        err.print(f"[red]error:[/] {path} has no `loop:` section (see docs/loop.md)")
-        raise typer.Exit(2)
-    return recipe
 
 
 @app.command("run")
@@ -52,7 +38,7 @@ def run(
     from tuneloop.errors import TuneloopError
     from tuneloop.loop.round import run_round
 
-    loaded = _recipe(recipe, set_)
+    loaded = load_recipe_or_exit(recipe, set_, err, "loop")
     try:
         rnd = run_round(loaded, recipe, overrides=set_, wait=not no_wait, say=lambda m: out.print(m, markup=False))
     except TuneloopError as e:
@@ -86,7 +72,7 @@ def _name(target: str, overrides: list[str] | None) -> str:
     if path.is_file():
         from tuneloop.loop.round import loop_name
 
-        return loop_name(_recipe(path, overrides))
+        return loop_name(load_recipe_or_exit(path, overrides, err, "loop"))
     return target
 
 

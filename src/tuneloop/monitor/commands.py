@@ -13,8 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuneloop.commandline import exit_with_problems, implied_verb
-from tuneloop.config.errors import RecipeError
+from tuneloop.commandline import implied_verb, load_recipe_or_exit
 
 app = typer.Typer(
     cls=implied_verb("check"),  # `tuneloop monitor RECIPE` is `tuneloop monitor check RECIPE`
@@ -28,19 +27,6 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a recipe key (`monitor.window.since=2h`).")
 ]
 DECISION_STYLE = {"fired": "bold red", "held": "yellow", "none": "green", "no traffic": "dim"}
-
-
-def _recipe(path: Path, overrides: list[str] | None) -> Any:
-    from tuneloop.config.loader import load_recipe
-
-    try:
-        recipe = load_recipe(path, overrides)
-    except RecipeError as e:
-        exit_with_problems(e, path, err)
-    if recipe.monitor is None:
-        err.print(f"[red]error:[/] {path} has no `monitor:` section (see docs/monitoring.md)")
-        raise typer.Exit(2)
-    return recipe
 
 
 @app.command("check")
@@ -66,7 +52,7 @@ def check(
     if once and watch:
         err.print("[red]error:[/] --once and --watch exclude each other")
         raise typer.Exit(2)
-    loaded = _recipe(recipe, set_)
+    loaded = load_recipe_or_exit(recipe, set_, err, "monitor")
     try:
         pause = duration_s(interval or loaded.monitor.interval)
     except ValueError as e:
@@ -158,7 +144,7 @@ def history(
     from tuneloop.monitor import store
     from tuneloop.monitor.check import monitor_name
 
-    loaded = _recipe(recipe, set_)
+    loaded = load_recipe_or_exit(recipe, set_, err, "monitor")
     rows = store.history(monitor_name(loaded), limit=limit)
     if not rows:
         out.print(f"no checks yet for monitor {monitor_name(loaded)}: run `tuneloop monitor {recipe} --once`")
