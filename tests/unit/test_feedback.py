@@ -79,8 +79,37 @@ def test_migrations_reach_the_schema_the_code_queries(database):
 
     with db.engine().connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": db.VERSION_TABLE})
-        assert ctx.get_current_revision() == "0005"
+        assert ctx.get_current_revision() == "0006"
         assert compare_metadata(ctx, db.metadata) == []
+
+
+def test_anonymous_ratings_stored_twice_before_0006_keep_the_newest_and_stay_one_per_request(workspace):
+    """Without keys, key_id is NULL and the (request_id, key_id) constraint let two first ratings in at once."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.config import Config
+
+    workspace.mkdir(parents=True, exist_ok=True)
+    old = sa.create_engine(f"sqlite:///{workspace / 'tuneloop.db'}")
+    cfg = Config()
+    cfg.set_main_option("script_location", "tuneloop:migrations")
+    with old.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0005")
+        rows = [("r1", None, "up"), ("r1", None, "down"), ("r2", None, "up"), ("r1", "k1", "up"), ("r1", "k2", "up")]
+        add = sa.text("INSERT INTO served_feedback (request_id, key_id, rating, ts) VALUES (:r, :k, :v, '2026-01-01')")
+        for request_id, key_id, rating in rows:
+            conn.execute(add, {"r": request_id, "k": key_id, "v": rating})
+    old.dispose()
+    from tuneloop import db
+
+    with db.engine().connect() as conn:
+        kept = conn.execute(sa.text("SELECT request_id, key_id, rating FROM served_feedback ORDER BY id")).all()
+    assert [tuple(r) for r in kept] == [("r1", None, "down"), ("r2", None, "up"), ("r1", "k1", "up"),
+                                        ("r1", "k2", "up")]  # fmt: skip
+    with pytest.raises(sa.exc.IntegrityError), db.engine().begin() as conn:
+        conn.execute(sa.text("INSERT INTO served_feedback (request_id, key_id, rating, ts) VALUES "
+                             "('r2', NULL, 'down', '2026-01-02')"))  # fmt: skip
 
 
 def test_a_database_from_before_migrations_keeps_its_rows(workspace):

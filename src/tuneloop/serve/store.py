@@ -27,6 +27,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Float,
+    Index,
     Integer,
     String,
     Table,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     UniqueConstraint,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -78,6 +80,7 @@ requests = Table(
     Column("error", Text, nullable=True),
 )
 
+ANONYMOUS_ONLY = {f"{d}_where": text("key_id IS NULL") for d in ("sqlite", "postgresql")}
 served_feedback = Table(
     "served_feedback",
     metadata,
@@ -88,6 +91,8 @@ served_feedback = Table(
     Column("comment", Text, nullable=True),
     Column("ts", DateTime(timezone=True), nullable=False),  # of the (latest) rating
     UniqueConstraint("request_id", "key_id", name="uq_served_feedback_rating"),
+    # NULLs are distinct to the constraint above: one rating per request on an endpoint without keys (0006)
+    Index("uq_served_feedback_anonymous", "request_id", unique=True, **ANONYMOUS_ONLY),
 )
 
 
@@ -377,5 +382,5 @@ def rate_request(request_id: str, key_id: str | None, rating: str, comment: str 
 
     try:
         return once()
-    except IntegrityError:  # the same key's first rating was inserted concurrently: this one replaces it
+    except IntegrityError:  # the same rater's first rating was inserted concurrently: this one replaces it
         return once()
