@@ -18,7 +18,8 @@ from tuneloop.config.errors import RecipeError
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.config import ServeConfig, engine_flags, load_serve_config
 from tuneloop.serve.engine import Deployment, Engine, Served, resolve
-from tuneloop.serve.gateway import Gateway, RateLimiter, _rename_model
+from tuneloop.serve.gateway import Gateway, RateLimiter
+from tuneloop.serve.http import rename_model
 from tuneloop.serve.store import (
     KeyRing,
     RequestLog,
@@ -217,7 +218,7 @@ def test_request_log_writes_in_the_background_and_counts_tokens_when_the_engine_
 
 def test_transformers_engine_names_are_rewritten_to_the_served_name():
     raw = b'data: {"id":"1","model":"/models/x@main","choices":[]}\n\n'
-    assert _rename_model(raw, "svc") == b'data: {"id":"1","model":"svc","choices":[]}\n\n'
+    assert rename_model(raw, "svc") == b'data: {"id":"1","model":"svc","choices":[]}\n\n'
 
 
 def test_serve_refuses_to_start_without_keys_and_says_how(tiny_model):
@@ -377,9 +378,9 @@ def test_a_keys_first_ratings_sent_at_once_leave_one_row():
 
 
 def test_a_client_request_id_too_long_for_the_log_is_replaced() -> None:
-    from tuneloop.serve.gateway import _client_request_id
+    from tuneloop.serve.http import client_request_id
 
-    assert _client_request_id("trace-42") == "trace-42"
-    assert _client_request_id("x" * 65) is None  # would fail the log's batch insert on PostgreSQL
-    assert _client_request_id("bad\nid") is None
-    assert _client_request_id(None) is None
+    assert client_request_id("trace-42") == "trace-42"
+    assert client_request_id("x" * 65) is None  # would fail the log's batch insert on PostgreSQL
+    assert client_request_id("bad\nid") is None
+    assert client_request_id(None) is None

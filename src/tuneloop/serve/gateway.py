@@ -13,39 +13,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tuneloop.serve import ratings
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.engine import Deployment, Engine
-from tuneloop.serve.store import rate_request
+from tuneloop.serve.http import check_limits, client_request_id, error, rename_model
 
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
 LOG_CAP = 1 << 20  # bytes of a streamed response kept for the request log
 VERSION_HEADER = "x-tuneloop-model-version"
-RATINGS = ("up", "down")
-COMMENT_MAX = 2000  # characters of a rating's comment
-LOG_WAIT_S = 10.0  # how long a rating waits for its request's row (the log is written in the background)
-
-
-def error(status: int, message: str, type_: str, code: str | int | None = None, param: str | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
-    """OpenAI's error shape (what the `openai` client parses into its exceptions)."""
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class RateLimiter:
@@ -195,30 +183,9 @@ class Gateway:
                      "invalid_request_error", "not_found")  # fmt: skip
 
     async def feedback(self, request: Request) -> Response:
-        """A rating of an answer, by the application that showed it: stored against the logged request, itself
-        neither logged nor forwarded (it is not model traffic). Keys may rate only their own requests."""
+        """A rating of an answer, by the application that showed it (see `ratings`)."""
         denied, key = self._authorize(request)
-        if denied:
-            return denied
-        parsed = _feedback_body(await request.body())
-        if isinstance(parsed, Response):
-            return parsed
-        request_id, rating, comment = parsed
-        if self.log is None:
-            return error(404, "This endpoint runs without a request log (--no-request-log): it has no request to "
-                         "rate.", "NotFoundError", 404, "request_id")  # fmt: skip
-        if not await asyncio.to_thread(self.log.wait_written, request_id, LOG_WAIT_S):
-            return error(503, f"Request {request_id!r} is not in the request log yet (the database is slow); retry "
-                         "in a few seconds.", "ServiceUnavailable", 503, headers={"retry-after": "5"})  # fmt: skip
-        try:
-            found = await asyncio.to_thread(rate_request, request_id, key["id"] if key else None, rating, comment)
-        except SQLAlchemyError as e:
-            return error(503, f"The rating could not be stored: {e}", "ServiceUnavailable", 503)
-        if not found:
-            made = " made with this key" if key else ""
-            return error(404, f"No request {request_id!r}{made} in the request log: send the x-request-id header of "
-                         "the response being rated.", "NotFoundError", 404, "request_id")  # fmt: skip
-        return JSONResponse({"object": "feedback", "request_id": request_id, "rating": rating})
+        return denied or await ratings.rate(await request.body(), self.log, key)
 
     def _authorize(self, request: Request) -> tuple[Response | None, dict[str, Any] | None]:
         if self.keyring is None:
@@ -249,7 +216,7 @@ class Gateway:
             self.metrics.requests.labels(endpoint, str(denied.status_code)).inc()
             return denied
         body = await request.body()
-        request_id = _client_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
+        request_id = client_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
         record = {
             "request_id": request_id, "ts": datetime.now(UTC), "key_id": key["id"] if key else None,
             "endpoint": endpoint, "model": None, "version": None, "stream": False, "body": None, "tokenizer": None,
@@ -277,7 +244,7 @@ class Gateway:
             return self._reject(record, endpoint, t0, error(
                 503, f"The engine is not running: {self.failure or 'exited'}", "ServiceUnavailable", 503))  # fmt: skip
         if engine.kind == "transformers":
-            problem = _check_limits(payload, engine)
+            problem = check_limits(payload, engine)
             if problem:
                 return self._reject(record, endpoint, t0, problem)
             body = json.dumps({**payload, "model": str(deployment.base)}).encode()
@@ -313,7 +280,7 @@ class Gateway:
                 upstream.release()
             release()
             if engine.kind == "transformers":
-                raw = _rename_model(raw, served.name)
+                raw = rename_model(raw, served.name)
             self._done(record, endpoint, t0, upstream.status, raw, None)
             return Response(raw, status_code=upstream.status, headers=headers,
                             media_type=upstream.headers.get("content-type", "application/json"))  # fmt: skip
@@ -340,12 +307,12 @@ class Gateway:
                 if rename is not None:  # whole lines only, so a model name is never split across chunks
                     pending += chunk
                     cut = pending.rfind(b"\n") + 1
-                    chunk, pending = _rename_model(pending[:cut], rename), pending[cut:]
+                    chunk, pending = rename_model(pending[:cut], rename), pending[cut:]
                     if not chunk:
                         continue
                 yield chunk
             if pending:
-                yield _rename_model(pending, rename or "")
+                yield rename_model(pending, rename or "")
         except (aiohttp.ClientError, OSError) as e:  # the engine died mid-stream: say so the way vLLM does
             status = 503
             message = f"The engine dropped the stream: {e}"
@@ -485,71 +452,3 @@ class Gateway:
     async def stop_engines(self) -> None:
         for e in [self.engine, *self._draining]:
             await asyncio.to_thread(e.stop)
-
-
-def _client_request_id(value: str | None) -> str | None:
-    """A client's own x-request-id is kept when it fits the log's column (64 printable characters); a longer one
-    would make the whole batch of log rows fail on PostgreSQL, so the request gets an id of its own instead."""
-    return value if value and len(value) <= 64 and value.isprintable() else None
-
-
-def _feedback_body(body: bytes) -> tuple[str, str, str | None] | Response:
-    """(request_id, rating, comment) of a feedback body, or the 400 naming the first field that is wrong."""
-
-    def bad(message: str, param: str) -> Response:
-        return error(400, message, "BadRequestError", 400, param)
-
-    try:
-        payload = json.loads(body)
-    except ValueError as e:
-        return bad(f"The request body is not valid JSON: {e}", "body")
-    if not isinstance(payload, dict):
-        return bad('The body must be a JSON object: {"request_id": "...", "rating": "up"}.', "body")
-    for field in payload:
-        if field not in ("request_id", "rating", "comment"):
-            return bad(f"Unknown field `{field}`: feedback takes request_id, rating and comment.", field)
-    request_id, rating, comment = payload.get("request_id"), payload.get("rating"), payload.get("comment")
-    if request_id is None:
-        return bad("`request_id` is missing: send the x-request-id header of the response being rated.", "request_id")
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
-        return bad("`request_id` must be the x-request-id header of the response being rated (1 to 64 characters), "
-                   f"not {json.dumps(request_id)[:80]}.", "request_id")  # fmt: skip
-    if rating not in RATINGS:
-        shown = "missing" if rating is None else json.dumps(rating)[:80]
-        return bad(f'`rating` must be "up" or "down", not {shown}.', "rating")
-    if comment is not None and not isinstance(comment, str):
-        return bad(f"`comment` must be a string (or left out), not {json.dumps(comment)[:80]}.", "comment")
-    if comment is not None and len(comment) > COMMENT_MAX:
-        return bad(f"`comment` has {len(comment)} characters; at most {COMMENT_MAX} are taken.", "comment")
-    return request_id, rating, comment or None
-
-
-_MODEL_FIELD = re.compile(rb'"model":\s*"(?:[^"\\]|\\.)*"')
-
-
-def _rename_model(raw: bytes, name: str) -> bytes:
-    """The transformers engine names models by path; clients see the served name."""
-    return _MODEL_FIELD.sub(b'"model":' + json.dumps(name).encode(), raw)
-
-
-def _check_limits(payload: dict[str, Any], engine: Engine) -> Response | None:
-    """What vLLM checks itself, for the transformers engine: output length against the context."""
-    limit = _context_length(engine.deployment.base)
-    asked = payload.get("max_completion_tokens") or payload.get("max_tokens")
-    if limit and isinstance(asked, int) and asked > limit:
-        return error(400, f"max_tokens={asked} cannot be greater than max_model_len={limit}. Please request fewer "
-                     "output tokens.", "BadRequestError", 400, "max_tokens")  # fmt: skip
-    return None
-
-
-_context_cache: dict[Path, int | None] = {}
-
-
-def _context_length(path: Path) -> int | None:
-    if path not in _context_cache:
-        try:
-            config = json.loads((path / "config.json").read_text())
-            _context_cache[path] = config.get("max_position_embeddings")
-        except (OSError, ValueError):
-            _context_cache[path] = None
-    return _context_cache[path]
