@@ -7,11 +7,14 @@ block renders them); `columns:` defaults to the columns the format's prompt temp
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config.schema import Section
+
+if TYPE_CHECKING:
+    from tuneloop.config.schema import Recipe
 
 STEP_NAMES = ("dedup", "filter", "decontaminate", "mix", "sample", "split")
 Splits = list[str] | Literal["all"]
@@ -190,3 +193,27 @@ class Split(_Step):
 
 
 Step = Annotated[Dedup | Filter | Decontaminate | Mix | Sample | Split, Field(discriminator="step")]
+
+
+def fill_prepare_defaults(recipe: Recipe) -> None:
+    """What the prepare steps leave to the recipe: `decontaminate` without `against` compares with what the recipe
+    evaluates on (the data's eval split and every evaluation task's rows), and a token-counting `filter` without a
+    tokenizer counts with the base model's. Filled in at validation so the resolved recipe says exactly what was used.
+    """
+    sections = [d for d in [recipe.data, *(s.data for s in recipe.stages)] if d is not None]
+    for data in sections:
+        for step in data.prepare:
+            counts_tokens = isinstance(step, Filter) and (step.min_tokens, step.max_tokens) != (None, None)
+            if counts_tokens and step.tokenizer is None:
+                step.tokenizer = recipe.base_model.name
+            if not isinstance(step, Decontaminate) or step.against is not None:
+                continue
+            against: list[Against] = []
+            if data.eval_split:
+                against.append(Against(split=data.eval_split))
+            for task in recipe.evaluation.tasks if recipe.evaluation else []:
+                other = task.data if task.data is not None and task.data != data else None
+                ref = Against(split=task.split, data=other)
+                if ref not in against:
+                    against.append(ref)
+            step.against = against

@@ -454,31 +454,8 @@ class Recipe(Section):
             raise AtKey("loop", "name the registered model to retrain in `loop.model` (or add `registry:`)")
         if self.monitor is not None and self.monitor.model is None and self.registry is None:
             raise AtKey("monitor", "name the registered model to watch in `monitor.model` (or add `registry:`)")
-        self._fill_decontamination()
+        fill_prepare_defaults(self)
         return self
-
-    def _fill_decontamination(self) -> None:
-        """`decontaminate` without `against` compares with what this recipe evaluates on: the data's eval split
-        and every evaluation task's rows. Filled in here so the resolved recipe says exactly what was used."""
-        from tuneloop.config.prepare import Against, Decontaminate, Filter
-
-        sections = [d for d in [self.data, *(s.data for s in self.stages)] if d is not None]
-        for data in sections:
-            for step in data.prepare:
-                counts_tokens = isinstance(step, Filter) and (step.min_tokens, step.max_tokens) != (None, None)
-                if counts_tokens and step.tokenizer is None:
-                    step.tokenizer = self.base_model.name
-                if not isinstance(step, Decontaminate) or step.against is not None:
-                    continue
-                against: list[Against] = []
-                if data.eval_split:
-                    against.append(Against(split=data.eval_split))
-                for task in self.evaluation.tasks if self.evaluation else []:
-                    other = task.data if task.data is not None and task.data != data else None
-                    ref = Against(split=task.split, data=other)
-                    if ref not in against:
-                        against.append(ref)
-                step.against = against
 
     def promotion_gate(self) -> list[GateRule]:
         """The rules a version must pass against the champion: `registry.gate`, else the evaluation's gate."""
@@ -500,7 +477,7 @@ from tuneloop.config.feedback import Campaign  # noqa: E402
 from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
 from tuneloop.config.loop import Loop  # noqa: E402
 from tuneloop.config.monitor import Monitor  # noqa: E402
-from tuneloop.config.prepare import Step  # noqa: E402
+from tuneloop.config.prepare import Step, fill_prepare_defaults  # noqa: E402
 from tuneloop.config.sweep import Sweep  # noqa: E402
 
 Data.model_rebuild()
