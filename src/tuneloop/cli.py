@@ -4,6 +4,7 @@ so `tuneloop --help` and `tuneloop validate` start without importing torch.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -28,27 +29,9 @@ out = Console(highlight=False)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"debug": False}
 
-from tuneloop.registry.commands import app as registry_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(registry_app, name="registry")
-from tuneloop.serve.commands import app as serve_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(serve_app, name="serve")
-from tuneloop.data.commands import app as data_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(data_app, name="data")
-from tuneloop.feedback.commands import app as feedback_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(feedback_app, name="feedback")
-from tuneloop.sweep.commands import app as sweep_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(sweep_app, name="sweep")
-from tuneloop.monitor.commands import app as monitor_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(monitor_app, name="monitor")
-from tuneloop.loop.commands import app as loop_app  # noqa: E402  (imports typer and rich only)
-
-app.add_typer(loop_app, name="loop")
+# each package's command group (their modules import typer and rich only, so `tuneloop --help` stays fast)
+for _group in ("registry", "serve", "data", "feedback", "sweep", "monitor", "loop"):
+    app.add_typer(importlib.import_module(f"tuneloop.{_group}.commands").app, name=_group)
 
 SetOpt = Annotated[
     list[str] | None,
@@ -319,7 +302,7 @@ def run(
     from_stage: FromOpt = None,
 ) -> None:
     """Run the whole recipe: train every stage, evaluate the baseline and the trained model on the recipe's suite,
-    apply the gate (exit 3 when it fails). Registration comes next."""
+    apply the gate (exit 3 when it fails), and register the model when the recipe has `registry:`."""
     _train(recipe, set_, smoke, resume, run_dir, "run", from_stage)
 
 
