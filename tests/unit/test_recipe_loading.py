@@ -99,6 +99,26 @@ def test_resolved_recipe_round_trips(write):
     assert again == recipe.model_copy(update={"defaults": []})
 
 
+def test_a_resolved_recipe_keeps_what_eval_split_meant(write, tiny_model):
+    """The default eval split applies only where the source has it, and a recipe's `eval_split: null` turns it off;
+    the resolved recipe must load back meaning the same (it once said `validation` for a source without one)."""
+    rows = "".join(f'{{"prompt": "p{i}", "completion": "c{i}"}}\n' for i in range(4))
+    write("only-train/train.jsonl", rows)
+    write("both/train.jsonl", rows)
+    write("both/validation.jsonl", rows)
+    for source, eval_split in (("only-train", "default"), ("both", "null")):
+        line = "" if eval_split == "default" else f"eval_split: {eval_split}, "
+        recipe = load_recipe(write(f"{source}.yaml", f"""
+            name: r
+            base_model: {tiny_model}
+            data: {{source: {source}, {line}format: {{prompt: "{{prompt}}", completion: "{{completion}}"}}}}
+            stages: [{{name: sft, method: sft}}]
+            """))  # fmt: skip
+        again = load_recipe(write(f"{source}-resolved.yaml", resolved_yaml(recipe)))
+        assert again.data.eval_split == recipe.data.eval_split
+        assert ("eval_split" in again.data.model_fields_set) == (eval_split != "default")
+
+
 SHIPPED = sorted((REPO / "recipes").rglob("*.yaml"))
 
 

@@ -183,10 +183,15 @@ def _sorted(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: (p.file == OVERRIDE, p.file, p.line or 0))
 
 
+def resolved_dict(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as it will run (defaults merged, overrides applied), in a form that loads back to the same recipe:
+    what the run directory, the tracked run and the registered model keep."""
+    return recipe.model_dump(mode="json", exclude_none=True, exclude={"defaults"}, context={"resolved": True})
+
+
 def resolved_yaml(recipe: Recipe) -> str:
-    """The recipe as it will run (defaults merged, overrides applied), for the run directory and logs."""
-    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"defaults"})
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    """`resolved_dict` as YAML, for the run directory and logs."""
+    return yaml.safe_dump(resolved_dict(recipe), sort_keys=False, allow_unicode=True)
 
 
 # ---------------------------------------------------------------- defaults

@@ -9,7 +9,17 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from tuneloop.config.errors import AtKey
 
@@ -129,6 +139,18 @@ class Data(Section):
         description="Ordered preparation steps (`dedup`, `filter`, `decontaminate`, `mix`, `sample`, `split`), "
         "run before formatting and cached by fingerprint; see docs/data.md.",
     )
+
+    @model_serializer(mode="wrap")
+    def _resolved(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """In a resolved recipe (`context={"resolved": True}`), `eval_split` reads back as it ran: left out while it
+        is the default (used only where the source has that split), kept as null when the recipe turned it off."""
+        out = handler(self)
+        if (info.context or {}).get("resolved"):
+            if "eval_split" not in self.model_fields_set:
+                out.pop("eval_split", None)
+            elif self.eval_split is None:
+                out["eval_split"] = None
+        return out
 
 
 class Peft(Section):

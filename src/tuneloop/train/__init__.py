@@ -251,11 +251,12 @@ def _stage_start(stage: Stage, i: int, first: str, previous: str, results: list,
 def begin_tracking(tracker: RunTracker, recipe: Recipe, recipe_path: Path, run_dir: Path, smoke: bool) -> None:
     """The run's MLflow/W&B record (new, or reopened from `tracking.json`): resolved recipe as params and
     artifact, code, packages, hardware. Also what `tuneloop registry register RUN_DIR` opens the run with."""
+    from tuneloop.config.loader import resolved_dict
     from tuneloop.tracking import flatten, log_environment
 
     if not (tracker.enabled or tracker.settings.wandb is not None):
         return
-    data = recipe.model_dump(mode="json", exclude_none=True, exclude={"defaults"})
+    data = resolved_dict(recipe)
     tags = {
         "tuneloop.recipe": recipe.name,
         "tuneloop.recipe_path": str(recipe_path.resolve()),
