@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
+from tuneloop.config.errors import RecipeError
 from tuneloop.config.loader import load_recipe
 from tuneloop.errors import TuneloopError
 
@@ -150,6 +151,45 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
     assert result.exit_code == 0 and json.loads(result.stdout)["number"] == 2
 
 
+def test_a_round_trains_under_its_launcher_and_judges_in_its_own_process(looped, monkeypatch):
+    """`loop.launch`: two accelerate processes train the challenger (gloo on CPU, as on GPUs with NCCL); the
+    round's process evaluates, registers and promotes it, and the training run joins the round's run."""
+    from tuneloop.registry.materialize import get_version
+    from tuneloop.tracking import store as tracking
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    _traffic(6, "launch")
+    launcher = ("loop.launch=accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+                "--dynamo_backend no --main_process_port 29563")  # fmt: skip
+    sets = ["evaluation.gate=[{metric: perplexity, max_drop: 1000}]", launcher]
+    _round(looped, sets, wait=False)
+    _vote_all("loopy-r1")
+    said: list[str] = []
+    from tuneloop.loop.round import run_round
+
+    done = run_round(load_recipe(looped, sets), looped, overrides=sets, wait=False, say=said.append)
+    assert done["status"] == "done" and done["state"]["decision"] == "promoted", done["state"]
+    assert any(m.startswith("launching the training: accelerate launch --multi_gpu") for m in said), said
+    from pathlib import Path
+
+    stage = json.loads((Path(done["state"]["run_dir"]) / "stages" / "dpo" / "stage.json").read_text())
+    assert stage["world_size"] == 2 and stage["ranks_in_sync"] is True
+    tags = get_version("models:/loopy/2").tags
+    assert tags["tuneloop.loop_round"] == "1" and tags["tuneloop.parent"] == "loopy/1"
+    run = tracking.client().get_run(tags["tuneloop.run_id"])  # begun by the launched rank 0, reopened here
+    assert run.data.tags["mlflow.parentRunId"] == done["state"]["mlflow_run_id"]
+    assert run.data.tags["tuneloop.campaign"] == "loopy-r1" and run.info.status == "FINISHED"
+
+
+def test_a_bad_launcher_is_refused_at_validation(tiny_recipe):
+    path = tiny_recipe("loopy", tail=LOOP)
+    for value, message in (("''", "an empty launcher"), ("accelerate launch -m tuneloop.train", "the launcher only"),
+                           ("'accelerate \"launch'", "cannot split")):  # fmt: skip
+        with pytest.raises(RecipeError) as e:
+            load_recipe(path, [f"loop.launch={value}"])
+        assert "loop.launch" in str(e.value) and message in str(e.value), str(e.value)
+
+
 def test_a_round_without_enough_votes_by_the_deadline_stops(looped):
     _traffic(6, "quiet")
     slept = []
@@ -234,8 +274,6 @@ def test_one_round_per_model_at_a_time(looped):
 
 
 def test_loop_section_errors(write, tiny_model):
-    from tuneloop.config.errors import RecipeError
-
     path = write(
         "bad-loop.yaml",
         f"""

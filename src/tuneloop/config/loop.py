@@ -65,6 +65,31 @@ class Loop(Section):
         "e.g. one `dpo` stage with LoRA.",
     )
 
+    launch: str | None = Field(
+        None,
+        description="Train the challenger in processes of its own, started by this launcher (the round appends "
+        "`-m tuneloop.train RECIPE --set ... --run-dir DIR`): `accelerate launch --config_file "
+        "configs/accelerate/ddp.yaml` for every GPU of the machine, `torchrun --nproc_per_node 8`, or a site "
+        "wrapper. Evaluation, gate, registration and promotion then run in the round's own process, as "
+        "without a launcher. Default: train in the round's process.",
+    )
+
+    @field_validator("launch")
+    @classmethod
+    def _launcher(cls, value: str | None) -> str | None:
+        import shlex
+
+        if value is not None:
+            try:
+                words = shlex.split(value)
+            except ValueError as e:
+                raise ValueError(f"cannot split {value!r} into words: {e}") from None
+            if not words:
+                raise ValueError("an empty launcher: leave `launch` out to train in the round's process")
+            if "tuneloop.train" in words:
+                raise ValueError("give the launcher only: the round appends `-m tuneloop.train RECIPE ...` itself")
+        return value
+
     @model_validator(mode="after")
     def _pairwise_for_preferences(self) -> Loop:
         if self.export == "dpo" and not self.campaign.tasks.pairwise:

@@ -262,6 +262,21 @@ def round_recipe(
     against the champion by the recipe's evaluation and gate, registered under the same name."""
     from tuneloop.config.loader import load_recipe
 
+    return load_recipe(recipe_path, round_overrides(recipe_path, loop, model, data_dir, overrides, held_out))
+
+
+def round_overrides(
+    recipe_path: Path,
+    loop: Loop,
+    model: str,
+    data_dir: Path,
+    overrides: list[str] | None = None,
+    held_out: Path | None = None,
+) -> list[str]:
+    """`round_recipe` as the recipe file plus `--set` overrides: what a launched training process is given, so
+    that it resolves the same recipe (relative paths included) as the round."""
+    from tuneloop.config.loader import load_recipe
+
     champion = f"models:/{model}@champion"
     exported = {"source": str(data_dir), "eval_split": None}
     stages = [{"data": exported, **s.model_dump(mode="json", by_alias=True, exclude_unset=True)} for s in loop.retrain]
@@ -281,7 +296,7 @@ def round_recipe(
         held = {"source": str(held_out), "eval_split": None}
         tasks.append({"name": "feedback", "kind": "preference", "data": held, "split": "test"})
         sets.append(f"evaluation.tasks={json.dumps(tasks)}")
-    return load_recipe(recipe_path, [*(overrides or []), *sets])
+    return [*(overrides or []), *sets]
 
 
 def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
@@ -297,6 +312,10 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
             "tuneloop.campaign": state["campaign"], "tuneloop.traffic": json.dumps(state.get("traffic"))}  # fmt: skip
     say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
+    if loop.launch and not (run_dir / "summary.json").exists():
+        sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
+        _launch(loop.launch, recipe_path, sets, run_dir, say)
+        resume = True  # the launched processes trained; this one evaluates, gates, registers and promotes
     result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags,
                           parent_run_id=state.get("mlflow_run_id"))  # fmt: skip
     reg, decision = result.registration, result.promotion
@@ -320,3 +339,27 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     }
     say(f"round {rnd['number']}: {model}/{summary['version']} {summary['decision']}")
     return store.save(rnd, step="done", status="done", state=summary)
+
+
+def _launch(launcher: str, recipe_path: Path, sets: list[str], run_dir: Path, say: Callable[[str], None]) -> None:
+    """Train the round's recipe under `loop.launch` (every rank runs `tuneloop.train`); its output streams through.
+    A failure leaves the round at this step: run the loop again and the launch resumes from the last checkpoint."""
+    import os
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+
+    words = shlex.split(launcher)
+    found = shutil.which(words[0]) or (Path(sys.executable).with_name(words[0]))  # a venv's launcher, unactivated
+    if not Path(found).exists():
+        raise TuneloopError(f"loop.launch: {words[0]!r} is not on PATH nor next to {sys.executable}")
+    cmd = [str(found), *words[1:], "-m", "tuneloop.train", str(recipe_path), "--run-dir", str(run_dir)]
+    cmd += [arg for value in sets for arg in ("--set", value)]
+    if run_dir.exists():
+        cmd.append("--resume")
+    say(f"launching the training: {shlex.join([*words, '-m', 'tuneloop.train', str(recipe_path), '...'])}")
+    code = subprocess.call(cmd, env=os.environ.copy())
+    if code != 0:
+        raise TuneloopError(f"the launched training ({launcher}) exited with {code}; the round stays at its train "
+                            "step: run the loop again to resume it")  # fmt: skip

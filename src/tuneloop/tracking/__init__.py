@@ -81,6 +81,10 @@ class RunTracker:
                 self.run_id = previous["run_id"]
                 self.experiment_id = previous["experiment_id"]
                 store.retry(lambda: c.update_run(self.run_id, status="RUNNING"))
+                # a run begun elsewhere (a loop round's launched training) joins its parent and lineage here
+                late = {**self.extra_tags, **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
+                for key, value in late.items():
+                    store.retry(lambda k=key, v=value: c.set_tag(self.run_id, k, v))
                 self._params = dict(c.get_run(self.run_id).data.params)
                 self.say(f"tracking: reopened MLflow run {self.run_id}")
             else:
