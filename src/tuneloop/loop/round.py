@@ -250,21 +250,6 @@ def _split(folder: Path, loop: Loop, seed: int) -> None:
         (folder / "held-out" / "test.jsonl").write_text("".join(f"{x}\n" for i, x in enumerate(lines) if i in held))
 
 
-def round_recipe(
-    recipe_path: Path,
-    loop: Loop,
-    model: str,
-    data_dir: Path,
-    overrides: list[str] | None = None,
-    held_out: Path | None = None,
-) -> Recipe:
-    """The recipe a round trains: the loop's `retrain` stages from the champion on the exported rows, judged
-    against the champion by the recipe's evaluation and gate, registered under the same name."""
-    from tuneloop.config.loader import load_recipe
-
-    return load_recipe(recipe_path, round_overrides(recipe_path, loop, model, data_dir, overrides, held_out))
-
-
 def round_overrides(
     recipe_path: Path,
     loop: Loop,
@@ -273,8 +258,10 @@ def round_overrides(
     overrides: list[str] | None = None,
     held_out: Path | None = None,
 ) -> list[str]:
-    """`round_recipe` as the recipe file plus `--set` overrides: what a launched training process is given, so
-    that it resolves the same recipe (relative paths included) as the round."""
+    """The recipe a round trains, as `--set` overrides of the recipe file: the loop's `retrain` stages from the
+    champion on the exported rows, judged against the champion by the recipe's evaluation and gate, registered
+    under the same name. Overrides rather than a new file, so that launched training processes resolve the same
+    recipe (relative paths included) as the round."""
     from tuneloop.config.loader import load_recipe
 
     champion = f"models:/{model}@champion"
@@ -306,14 +293,16 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     state = rnd["state"]
     model = rnd["model"]
     held = Path(state["held_out_dir"]) if state.get("held_out_dir") else None
-    trained = round_recipe(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
+    from tuneloop.config.loader import load_recipe
+
+    sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
+    trained = load_recipe(recipe_path, sets)
     run_dir = round_dir(rnd["loop"], rnd["number"]) / "run"
     resume = (run_dir / "summary.json").exists() or (run_dir / "recipe.yaml").exists()
     tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
             "tuneloop.campaign": state["campaign"], "tuneloop.traffic": json.dumps(state.get("traffic"))}  # fmt: skip
     say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
     if loop.launch and not (run_dir / "summary.json").exists():
-        sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
         _launch(loop.launch, recipe_path, sets, run_dir, say)
         resume = True  # the launched processes trained; this one evaluates, gates, registers and promotes
     result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags,
