@@ -40,7 +40,10 @@ def run(
     from tuneloop.errors import RunStopped
     from tuneloop.tracking import RunTracker
 
-    say = say or print
+    if say is None:  # called as a library (scripts, notebooks): messages carry rich markup, so render it
+        from rich.console import Console
+
+        say = Console(highlight=False, soft_wrap=True).print
     main = _is_main()
     kind = "run" if evaluate else "train"
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, kind, say)
