@@ -9,8 +9,8 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.data_checks import Found, check_data, module_problems
-from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe, template_fields
+from tuneloop.config.data_checks import Found, check_data, module_problems, template_fields
+from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe
 
 
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:

@@ -6,12 +6,25 @@ Split out of checks.py (recipe-level checks); still no torch here.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data, template_fields
+from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
 
 Found = list[tuple[tuple, str]]
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a `{column}` template refers to."""
+    import string
+
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None:
+            names.append(re.split(r"[.\[!:]", field, maxsplit=1)[0])
+    return names
+
 
 # What each method needs to find in its rows when there is no format block (TRL's own column names) ...
 PAIRS = [("prompt", "chosen", "rejected"), ("chosen", "rejected")]

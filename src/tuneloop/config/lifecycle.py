@@ -1,4 +1,5 @@
-"""What happens to a run around training: where it is tracked (MLflow, W&B) and where its model is registered.
+"""What happens to a run around training: how it is priced, where it is tracked (MLflow, W&B) and where its model
+is registered.
 
 Field descriptions are the documentation (docs/recipes.md is generated from them).
 """
@@ -11,6 +12,22 @@ from pydantic import Field, model_validator
 
 from tuneloop.config.evaluation import GateRule
 from tuneloop.config.schema import NAME_PATTERN, Section
+
+
+class Cost(Section):
+    """How runs are priced: a device from the price table (detected by default) or an explicit price."""
+
+    device: str = Field(
+        "auto",
+        description="Price-table device (`h100`, `a100-80gb`, `l4`, `cpu-2`, ...); `auto` detects the GPU by name, "
+        "or the CPU instance by core count.",
+    )
+    price_per_hour: float | None = Field(
+        None, ge=0, description="Price of one device-hour, overriding the table's (e.g. your negotiated rate)."
+    )
+    prices: str | None = Field(
+        None, description="Another price table (default `configs/cost/prices.yaml`, which is meant to be edited)."
+    )
 
 
 class Wandb(Section):

@@ -398,22 +398,6 @@ class Stage(Section):
         return value
 
 
-class Cost(Section):
-    """How runs are priced: a device from the price table (detected by default) or an explicit price."""
-
-    device: str = Field(
-        "auto",
-        description="Price-table device (`h100`, `a100-80gb`, `l4`, `cpu-2`, ...); `auto` detects the GPU by name, "
-        "or the CPU instance by core count.",
-    )
-    price_per_hour: float | None = Field(
-        None, ge=0, description="Price of one device-hour, overriding the table's (e.g. your negotiated rate)."
-    )
-    prices: str | None = Field(
-        None, description="Another price table (default `configs/cost/prices.yaml`, which is meant to be edited)."
-    )
-
-
 class Recipe(Section):
     """A recipe: what to train, on what, and how. The unit of work in tuneloop."""
 
@@ -431,7 +415,7 @@ class Recipe(Section):
     base_model: ModelRef = Field(description="Model the first stage starts from.")
     data: Data | None = Field(None, description="Data for every stage that has no `data` of its own.")
     stages: list[Stage] = Field(min_length=1, description="Training stages, run in order.")
-    cost: Cost = Field(default_factory=Cost, description="How the run is priced (device-hours × price).")
+    cost: Cost = Field(default_factory=lambda: Cost(), description="How the run is priced (device-hours × price).")
     evaluation: Evaluation | None = Field(
         None,
         description="How the trained model is judged: `tuneloop run` evaluates the baseline and the trained model "
@@ -496,7 +480,7 @@ class Recipe(Section):
 
 from tuneloop.config.evaluation import Evaluation, GateRule  # noqa: E402  (builds on the sections above)
 from tuneloop.config.feedback import Campaign  # noqa: E402
-from tuneloop.config.lifecycle import Registry, Tracking  # noqa: E402
+from tuneloop.config.lifecycle import Cost, Registry, Tracking  # noqa: E402
 from tuneloop.config.loop import Loop  # noqa: E402
 from tuneloop.config.monitor import Monitor  # noqa: E402
 from tuneloop.config.prepare import Step, fill_prepare_defaults  # noqa: E402
@@ -504,14 +488,3 @@ from tuneloop.config.sweep import Sweep  # noqa: E402
 
 Data.model_rebuild()
 Recipe.model_rebuild()
-
-
-def template_fields(template: str) -> list[str]:
-    """Column names a `{column}` template refers to."""
-    import string
-
-    names = []
-    for _, field, _, _ in string.Formatter().parse(template):
-        if field is not None:
-            names.append(re.split(r"[.\[!:]", field, maxsplit=1)[0])
-    return names

@@ -187,7 +187,7 @@ def _overlap(texts: list[str], train: list[str], target: Target) -> dict[str, An
 
 def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
     """Empty or missing fields the format reads, empty completions, chat turns out of order; 1-based rows."""
-    from tuneloop.config.schema import template_fields
+    from tuneloop.config.data_checks import template_fields
 
     found: dict[str, list[int]] = {}
 

@@ -130,7 +130,7 @@ def text_columns(spec: Data, columns: list[str]) -> list[str]:
     inflates scores, whatever the targets are."""
     fmt = effective_format(spec)
     if fmt is not None and fmt.prompt:
-        from tuneloop.config.schema import template_fields
+        from tuneloop.config.data_checks import template_fields
 
         return [c for c in dict.fromkeys(template_fields(fmt.prompt)) if c in columns]
     if fmt is not None and fmt.messages:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config.evaluation import EvalTask, GateRule
-from tuneloop.config.schema import Cost, Data
+from tuneloop.config.lifecycle import Cost
+from tuneloop.config.schema import Data
 from tuneloop.cost import recipe_price
 from tuneloop.errors import TuneloopError
 from tuneloop.eval.runner import ModelSpec, compare, evaluate_model, write_results

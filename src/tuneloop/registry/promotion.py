@@ -287,7 +287,7 @@ def _restrict(run: ModelRun, tasks: set[str]) -> ModelRun:
 
 
 def _evaluate(name: str, version: str, tasks: list[Any], suite: Suite, backend: str, say, progress_bars) -> ModelRun:
-    from tuneloop.config.schema import Cost
+    from tuneloop.config.lifecycle import Cost
     from tuneloop.cost import recipe_price
 
     price = recipe_price(suite.cost or Cost(), suite.base_dir)
