@@ -43,7 +43,7 @@ WRECK = ("loop.retrain=[{name: dpo, method: dpo, peft: {type: lora, r: 16, alpha
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2, help="rounds with the recipe's retraining")
-    parser.add_argument("--traffic", type=int, default=120, help="requests sent before each round")
+    parser.add_argument("--traffic", type=int, default=160, help="requests sent before each round")
     parser.add_argument("--test", type=int, default=100, help="test descriptions the win rate is judged on")
     parser.add_argument("--noise", type=float, default=0.2)
     parser.add_argument("--raters", type=int, default=3)
@@ -178,8 +178,9 @@ def _round(recipe, sets: list[str], references: dict[str, dict], a) -> dict:
             fb.add_rater(rater, f"sim-password-{i:03d}")
         while (item := queue.next_assignment(campaign, rater, "pairwise")) is not None:
             prompt = item.prompt[-1]["content"] if isinstance(item.prompt, list) else item.prompt
-            reference = (references.get(prompt) or {}).get("synopsis")
-            choice = choose(item.left, item.right or "", reference, "rules", a.noise, rng)
+            known_row = references.get(prompt) or {}
+            choice = choose(item.left, item.right or "", known_row.get("synopsis"), "rules", a.noise, rng,
+                            package=known_row.get("package"))  # fmt: skip
             queue.record_vote(item.id, rater, {"choice": choice}, f"{campaign}-{rater}-{item.id}")
     return run_round(recipe, RECIPE, overrides=sets, wait=False)
 

@@ -339,5 +339,9 @@ def test_the_demos_simulated_raters_prefer_rule_following_then_closer_synopses()
     assert judge("library for parsing XML documents", reference) == pytest.approx(2.0)
     assert choose("A library for XML.", "library for XML", reference, "rules", 0.0, rng) == "right"
     assert choose("library for parsing XML", "tool for XML", reference, "rules", 0.0, rng) == "left"
+    # with the package known, naming it breaks a rule (Debian Policy 3.4.1), however close the words are
+    named, plain = "libxml2 library for parsing XML documents", "library for XML"
+    assert choose(named, plain, reference, "rules", 0.0, rng) == "left"
+    assert choose(named, plain, reference, "rules", 0.0, rng, package="libxml2") == "right"
     picks = {choose("library for parsing XML", "tool", reference, "rules", 1.0, rng) for _ in range(40)}
     assert picks == {"left", "right"}  # noise 1.0: a coin

@@ -60,13 +60,23 @@ def judge(answer: str, reference: str | None, package: str | None = None) -> flo
     return score
 
 
-def choose(left: str, right: str, reference: str | None, prefer: str, noise: float, rng: random.Random) -> str:
+def choose(
+    left: str,
+    right: str,
+    reference: str | None,
+    prefer: str,
+    noise: float,
+    rng: random.Random,
+    package: str | None = None,
+) -> str:
+    """A rater's pick: "left", "right" or "tie". `package` lets the `rules` preference check the rule a rater who
+    reads the prompt can check too: the synopsis does not repeat the package's name."""
     if rng.random() < noise or prefer == "random" or (prefer == "reference" and not reference):
         return rng.choice(["left", "right"])
     if prefer == "left":
         return "left"
     if prefer == "rules":
-        a, b = judge(left, reference), judge(right, reference)
+        a, b = judge(left, reference, package), judge(right, reference, package)
     else:
         from rouge_score import rouge_scorer
 
