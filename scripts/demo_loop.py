@@ -13,7 +13,7 @@ preference is known, and see whether the champion gets better at what they want.
    and the noise-free judge compares those answers with the original champion's: the win rate with its Wilson CI.
 5. A last round retrains with a learning rate far too high: its challenger must be refused and the champion stay.
 
-    python scripts/demo_loop.py                       # about an hour on 2 CPU cores
+    python scripts/demo_loop.py                       # about 90 minutes on 2 CPU cores
     python scripts/demo_loop.py --rounds 1 --traffic 40 --test 40 --no-write
 """
 
