@@ -36,20 +36,16 @@ def main() -> None:
 
     from tuneloop.errors import TuneloopError
     from tuneloop.feedback import store
-    from tuneloop.feedback.simulate import simulate
+    from tuneloop.feedback.simulate import prompt_facts, simulate
 
     accounts = [(f"sim-{i:03d}", f"sim-password-{i:03d}") for i in range(1, a.raters + 1)]
     if a.create_raters:
         for name, password in accounts:
             with contextlib.suppress(TuneloopError):  # exists from an earlier run
                 store.add_rater(name, password)
-    references = {}
-    for item in store.item_rows(a.campaign).values():
-        prompt = item["prompt"]
-        text = prompt if isinstance(prompt, str) else "\n\n".join(t["content"] for t in prompt if t["role"] == "user")
-        if item["reference"]:
-            references[text] = item["reference"]
-    result = simulate(a.url, accounts, a.votes, prefer=a.prefer, noise=a.noise, references=references, seed=a.seed)
+    references, packages = prompt_facts(a.campaign)  # --prefer rules also checks the package-name rule
+    result = simulate(a.url, accounts, a.votes, prefer=a.prefer, noise=a.noise, references=references,
+                      packages=packages, seed=a.seed)  # fmt: skip
     summary = result.summary()
     print(json.dumps(summary, indent=2))
     for e in result.errors[:10]:

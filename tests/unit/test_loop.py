@@ -345,3 +345,35 @@ def test_the_demos_simulated_raters_prefer_rule_following_then_closer_synopses()
     assert choose(named, plain, reference, "rules", 0.0, rng, package="libxml2") == "right"
     picks = {choose("library for parsing XML", "tool", reference, "rules", 1.0, rng) for _ in range(40)}
     assert picks == {"left", "right"}  # noise 1.0: a coin
+
+
+def test_simulated_raters_know_each_debian_prompts_package_and_synopsis(workspace):
+    """`scripts/simulate_raters.py --prefer rules` reads what its raters know through `prompt_facts`: a Debian
+    description sampled from the request log (no reference of its own) gets its package and the dataset's synopsis;
+    a prompt of another kind keeps only its own reference."""
+    import random
+
+    from tuneloop.data import builtin
+    from tuneloop.feedback import store
+    from tuneloop.feedback.simulate import choose, prompt_facts
+
+    rows = [json.loads(line) for line in builtin.split_file("debian-descriptions", "test").open()][:2]
+    answer = {"model": "m", "model_ref": "r", "model_version": None, "tokens": 2, "correct": None}
+    items = [
+        {"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": rows[0]["description"]}],
+         "reference": None, "source": {"requests": {"id": 1}}, "gold": False,
+         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
+        {"prompt": rows[1]["description"], "reference": "own reference", "source": {"row": 1}, "gold": False,
+         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
+        {"prompt": "not a Debian description", "reference": "ref", "source": {"row": 2}, "gold": False,
+         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
+    ]  # fmt: skip
+    spec = {"name": "facts", "overlap": 1, "tasks": {"pairwise": True, "rating": [], "rewrite": False}}
+    store.save_campaign(spec, "guidelines", "tests", items)
+    references, packages = prompt_facts("facts")
+    first, second = rows[0]["description"], rows[1]["description"]
+    assert references == {first: rows[0]["synopsis"], second: "own reference", "not a Debian description": "ref"}
+    assert packages == {first: rows[0]["package"], second: rows[1]["package"]}
+    named = f"{rows[0]['package']} {rows[0]['synopsis']}"
+    pick = choose(named, "tool for it", references[first], "rules", 0.0, random.Random(0), package=packages[first])
+    assert pick == "right"  # naming the package breaks the rule the rater now knows to check

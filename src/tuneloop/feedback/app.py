@@ -32,12 +32,6 @@ document.addEventListener("keydown", (e) => {
 """
 
 
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    return "\n\n".join(turn["content"] for turn in prompt if turn.get("role") == "user")
-
-
 def _rater(request: gr.Request | None) -> str:
     name = getattr(request, "username", None) if request is not None else None
     if not name or store.role(name) is None:
@@ -60,7 +54,7 @@ def build(name: str) -> gr.Blocks:
         a = queue.next_assignment(name, rater, task)
         if a is None:
             return None, "Nothing left for you in this task — thank you.", "", "", progress(rater)
-        return a.id, _prompt_text(a.prompt), a.left, a.right or "", progress(rater)
+        return a.id, store.prompt_text(a.prompt), a.left, a.right or "", progress(rater)
 
     def vote(task: str, assignment_id: int | None, value: dict, comment: str, request: gr.Request):
         rater = _rater(request)

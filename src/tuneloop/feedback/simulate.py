@@ -5,6 +5,8 @@ A simulated rater prefers the answer closer to the prompt's reference (ROUGE-L, 
 that follows Debian's synopsis rules and is closer to the reference (`"rules"`: the preference the feedback-loop demo
 gives its raters, so whether retraining learned it can be measured), always the left one (`"left"`, a position-biased
 rater) or picks at random (`"random"`); with probability `noise` it picks at random whatever its preference.
+`prompt_facts(campaign)` gives what such a rater knows of each prompt: its reference and, for the built-in Debian
+descriptions, its package (a synopsis must not repeat the package's name).
 """
 
 from __future__ import annotations
@@ -85,6 +87,42 @@ def choose(
     return "left" if a > b else "right" if b > a else "tie"
 
 
+def debian_rows() -> dict[str, dict[str, str]]:
+    """Each built-in Debian description (all splits) → its row (`package`, `synopsis`, ...): the synopsis task's
+    prompt is the description itself, so a rater who reads the prompt knows the package whose name the synopsis
+    must not repeat."""
+    import json
+
+    from tuneloop.data import builtin
+
+    found: dict[str, dict[str, str]] = {}
+    for split in builtin.info("debian-descriptions")["splits"]:
+        with builtin.split_file("debian-descriptions", split).open() as f:
+            for line in f:
+                row = json.loads(line)
+                found[row["description"]] = row
+    return found
+
+
+def prompt_facts(campaign: str) -> tuple[dict[str, str], dict[str, str]]:
+    """What a simulated rater knows about each prompt of a campaign, keyed by the prompt text the app shows: its
+    reference and, for a built-in Debian description (also one sent to a served model and sampled from the request
+    log), its package; a Debian description without a reference of its own gets the dataset's synopsis."""
+    from tuneloop.feedback import store
+
+    debian = debian_rows()
+    references: dict[str, str] = {}
+    packages: dict[str, str] = {}
+    for item in store.item_rows(campaign).values():
+        text = store.prompt_text(item["prompt"])
+        row = debian.get(text)
+        if item["reference"] or row:
+            references[text] = item["reference"] or row["synopsis"]
+        if row:
+            packages[text] = row["package"]
+    return references, packages
+
+
 def simulate(
     url: str,
     raters: list[tuple[str, str]],
@@ -93,6 +131,7 @@ def simulate(
     prefer: str = "reference",
     noise: float = 0.1,
     references: dict[str, str] | None = None,
+    packages: dict[str, str] | None = None,
     seed: int = 0,
     stop: threading.Event | None = None,
     ramp_s: float = 5.0,
@@ -100,7 +139,8 @@ def simulate(
 ) -> Result:
     """Every rater logs in and casts up to `votes_per_rater` pairwise votes, all raters at once (one thread
     each, logins spread over `ramp_s`). `references` maps the prompt text the app shows to its reference (for
-    `prefer="reference"`). Latency is measured per vote, from sending it to receiving the next item."""
+    `prefer="reference"` and `"rules"`), `packages` to its package (for `"rules"`); `prompt_facts` gives both.
+    Latency is measured per vote, from sending it to receiving the next item."""
     from gradio_client import Client
 
     result = Result()
@@ -119,7 +159,8 @@ def simulate(
         for _ in range(votes_per_rater):
             if (stop is not None and stop.is_set()) or prompt.startswith(DONE):
                 return
-            choice = choose(left, right, (references or {}).get(prompt), prefer, noise, rng)
+            reference, package = (references or {}).get(prompt), (packages or {}).get(prompt)
+            choice = choose(left, right, reference, prefer, noise, rng, package=package)
             started = time.perf_counter()
             try:
                 answer = client.predict("", api_name=f"/vote_{choice}")

@@ -348,6 +348,13 @@ def all_votes(name: str) -> list[dict[str, Any]]:
     return out
 
 
+def prompt_text(prompt: str | list[dict[str, str]]) -> str:
+    """A prompt as the rater app shows it: a chat prompt's user turns, a plain prompt as it is."""
+    if isinstance(prompt, str):
+        return prompt
+    return "\n\n".join(turn["content"] for turn in prompt if turn.get("role") == "user")
+
+
 def item_rows(name: str) -> dict[int, dict[str, Any]]:
     """Items with their responses, by item id."""
     with _engine().connect() as conn:
