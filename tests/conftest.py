@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from tuneloop import workspace as _workspace
+
+# pytest-xdist's workers get COLUMNS=80, and rich fixes a console's width when it is created (tuneloop's are created
+# at import): tests that print tables with `env={"COLUMNS": "200"}` would get 80-column tables under `-n 2` only
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 REPO = Path(__file__).resolve().parents[1]
 # the converted built-in model, wherever `make model` put it (read-only for tests, so shared between them)
