@@ -12,6 +12,7 @@
     python scripts/bench_sweep.py grid docs/bench/other.json sweep.grid_points=6   # another grid (overrides)
     python scripts/bench_sweep.py rerun 0 2 # measure configurations 0 and 2 again (taken on a busy machine)
     python scripts/bench_sweep.py replay [TABLE]   # seconds
+    (docs/sweeps.md has the command for a larger grid on a GPU)
 """
 
 from __future__ import annotations
@@ -98,16 +99,17 @@ def _configs(study) -> list[dict]:
     return configs
 
 
-def strategies(grid_cost: float) -> dict[str, dict]:
+def strategies(grid_cost: float, every: int = 2) -> dict[str, dict]:
+    """`every`: the steps between the table's intermediate scores, where the pruners look."""
     budget = {"money": BUDGET_SHARE * grid_cost}
     cost_aware = {"objectives": [{"metric": METRIC}, {"cost": "money"}], "budget": budget,
-                  "pruning": {"every_steps": 2, "rule": "pareto"}, "startup_trials": 3}  # fmt: skip
+                  "pruning": {"every_steps": every, "rule": "pareto"}, "startup_trials": 3}  # fmt: skip
     return {
         "tuneloop (TPE, quality+cost, Pareto pruning)": cost_aware,
         "tuneloop, NSGA-II instead of TPE": {**cost_aware, "sampler": "nsga2"},
         "tuneloop, no pruning": {**cost_aware, "pruning": None},
         "Optuna TPE + Hyperband (one objective)": {"objectives": [{"metric": METRIC}], "budget": budget,
-                                                    "pruning": {"every_steps": 2, "rule": "hyperband"},
+                                                    "pruning": {"every_steps": every, "rule": "hyperband"},
                                                     "startup_trials": 3},
         "random search": {"objectives": [{"metric": METRIC}], "budget": budget, "sampler": "random"},
     }  # fmt: skip
@@ -127,7 +129,8 @@ def replay(path: Path) -> None:
     best = max(c["values"][METRIC] for c in finished)
     grid_cost = sum(c["cost"]["money"] for c in table["configs"])
     results: dict[str, list[tuple[float, float, int, int]]] = {}
-    for label, body in strategies(grid_cost).items():
+    every = min((c["progress"][0][0] for c in table["configs"] if c.get("progress")), default=2)
+    for label, body in strategies(grid_cost, int(every)).items():
         for seed in range(SEEDS):
             sweep = Sweep.model_validate({**body, "seed": seed})
             study = open_study(sweep, executor.space(), f"r{seed}", optuna.storages.InMemoryStorage())
@@ -159,6 +162,7 @@ def _markdown(table, results, best, grid_cost) -> list[str]:
     scores = [c["values"][METRIC] for c in table["configs"] if not c.get("failed")]
     near = sum(v >= 0.99 * best for v in scores)
     near95 = sum(v >= 0.95 * best for v in scores)
+    steps = max((c["progress"][-1][0] for c in table["configs"] if c.get("progress")), default="?")
 
     def spread(xs: list[float]) -> str:
         return f"{100 * statistics.median(xs):.1f}% [{100 * min(xs):.1f}, {100 * max(xs):.1f}]"
@@ -167,7 +171,7 @@ def _markdown(table, results, best, grid_cost) -> list[str]:
         f"## Sweep strategies replayed on a recorded grid ({time.strftime('%Y-%m-%d')}, scripts/bench_sweep.py)",
         "",
         f"Grid: {len(table['configs'])} configurations of {table['recipe']} "
-        f"{' '.join(table.get('overrides') or [])} (learning rate × batch size, 8 steps, ROUGE-L on the test "
+        f"{' '.join(table.get('overrides') or [])} (learning rate × batch size, {steps} steps, ROUGE-L on the test "
         f"prompts), run once for real on {table['machine']} in {table['wall_s'] / 60:.0f} min; best ROUGE-L "
         f"{best:.2f}; {near} configuration(s) within 1% of it, {near95} within 5%; grid cost {grid_cost:.4f} USD. "
         "Budgeted strategies "
@@ -211,6 +215,8 @@ def _machine() -> str:
     from tuneloop.tracking.context import hardware
 
     hw = hardware()
+    if hw.get("gpu"):
+        return f"{hw['gpus']}× {hw['gpu']} (CUDA {hw['cuda']}), {hw.get('cpu', 'CPU')} ({os.cpu_count()} cores)"
     return f"{hw.get('cpu', 'CPU')} ({os.cpu_count()} cores, no GPU)"
 
 
