@@ -15,6 +15,12 @@ from tuneloop import workspace as _workspace
 # at import): tests that print tables with `env={"COLUMNS": "200"}` would get 80-column tables under `-n 2` only
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
+# Under `-n 2` on 2 cores, two workers each running torch on 2 OpenMP threads spin 4 threads on 2 cores: greedy
+# generation that takes 14 s alone took 82 s beside a second such process, and 26 s each at one thread apiece. So a
+# worker gets its share of the cores, and the subprocesses its tests start (tuneloop run, servers) inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 REPO = Path(__file__).resolve().parents[1]
 # the converted built-in model, wherever `make model` put it (read-only for tests, so shared between them)
