@@ -340,3 +340,28 @@ def test_best_rules_pick_from_the_front(tmp_path):
     report = json.loads((folder / "report.json").read_text())
     assert report["best"]["trial"] == top["number"]
     assert "<script" not in (folder / "report.html").read_text()
+
+
+def test_local_workers_split_the_cores_unless_omp_num_threads_is_set(monkeypatch):
+    import os
+
+    import torch
+
+    from tuneloop.sweep.runner import share_cores
+
+    before = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset, and restored after the test whatever share_cores sets
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    said: list[str] = []
+    try:
+        assert share_cores(1, said.append) is None and not os.environ["OMP_NUM_THREADS"]  # one worker: all cores
+        assert share_cores(3, said.append) == 2  # 8 cores, 3 workers
+        assert os.environ["OMP_NUM_THREADS"] == "2" and torch.get_num_threads() == 2
+        assert said == ["3 workers on 8 cores: 2 torch thread(s) each (set OMP_NUM_THREADS to choose)"]
+        monkeypatch.setenv("OMP_NUM_THREADS", "5")
+        assert share_cores(4, said.append) is None and os.environ["OMP_NUM_THREADS"] == "5"  # the user's choice
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert share_cores(2, said.append) == 1  # never zero threads
+    finally:
+        torch.set_num_threads(before)
