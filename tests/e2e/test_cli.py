@@ -75,11 +75,3 @@ stages:
     assert result.exit_code == 1
     assert "no training rows left after truncation at max_length=8" in result.output
     assert "Traceback" not in result.output
-
-
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_qlora_recipe_without_cuda_is_refused_before_loading_anything():
-    result = runner.invoke(app, ["train", "recipes/sft-qlora.yaml"])
-    assert result.exit_code == 1
-    assert "stages.sft.peft: QLoRA loads the base model in 4 bits" in result.output
-    assert "--smoke" in result.output

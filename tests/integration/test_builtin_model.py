@@ -73,3 +73,20 @@ def test_every_shipped_recipe_passes_smoke(recipe, workspace, monkeypatch):
         results = json.loads((summaries[0].parent / "eval" / "results.json").read_text())
         assert [m["label"] for m in results["models"]] == [*labels, "fine-tuned"]
         assert all(t["rows"] == 4 for m in results["models"] for t in m["tasks"].values())
+
+
+def test_shipped_qlora_recipe_trains_the_builtin_model_in_4_bits_on_cpu(workspace):
+    """recipes/sft-qlora.yaml as shipped (all-linear LoRA on a 4-bit NF4 base, paged_adamw_8bit), shortened."""
+    short = ["data.max_train_rows=8", "stages.sft.args.max_steps=2", "stages.sft.args.per_device_train_batch_size=2"]
+    cmd = [sys.executable, "-m", "tuneloop", "train", "recipes/sft-qlora.yaml"]
+    proc = subprocess.run(
+        [*cmd, *[a for s in short for a in ("--set", s)]], capture_output=True, text=True, cwd=REPO, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run,) = (workspace / "runs" / "sft-qlora").iterdir()
+    (stage,) = json.loads((run / "summary.json").read_text())["stages"]
+    assert stage["distributed"]["quantized_layers"] == 30 * 7  # every linear layer of the 30 decoder blocks
+    fp32_bytes = (builtin.path(NAME) / "model.safetensors").stat().st_size
+    assert stage["model_memory_bytes"] < 0.4 * fp32_bytes  # 538 MB in float32
+    assert stage["steps"] == 2 and stage["loss_first"] is not None
+    assert (Path(stage["model_dir"]) / "adapter_model.safetensors").is_file()

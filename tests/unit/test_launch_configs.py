@@ -3,8 +3,7 @@
 Nothing here trains: each profile goes through accelerate 1.15's own config loader and launch-argument
 processing, and the environment that `accelerate launch` would hand to the training processes is fed to
 accelerate's DeepSpeed / FSDP plugins, which is where a wrong key or a forbidden combination shows up.
-DeepSpeed itself cannot run on CPU (see docs/cluster.md), so this is as far as CI can take the ZeRO
-profiles.
+The ZeRO profiles also train for real on two CPU ranks in tests/integration/test_cluster_cpu.py.
 """
 
 from __future__ import annotations

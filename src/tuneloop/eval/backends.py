@@ -93,9 +93,12 @@ class TransformersBackend(LocalBackend):
 
     name = "transformers"
 
-    def __init__(self, path: str, tokenizer: Any, model: Any):
+    def __init__(self, path: str, tokenizer: Any, model: Any, alone: bool = False):
+        """`alone`: this process generates by itself although a ZeRO-3 group exists (the weights were gathered
+        for it); transformers would otherwise wait for the other ranks at every token (`synced_gpus`)."""
         super().__init__(path, tokenizer)
         self.model = model.eval()
+        self.alone = alone
 
     def generate(self, prompts: list[Prompt], gen: Generation, tick: Tick | None = None) -> list[Answer]:
         import torch
@@ -121,6 +124,7 @@ class TransformersBackend(LocalBackend):
                     top_k=None,
                     pad_token_id=tok.pad_token_id,
                     eos_token_id=eos,
+                    **({"synced_gpus": False} if self.alone else {}),
                 )
             new = ids[:, batch["input_ids"].shape[1] :]
             for row, i in zip(new.tolist(), idx, strict=True):

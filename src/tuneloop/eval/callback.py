@@ -13,7 +13,8 @@ from tuneloop.eval.tasks import TaskRows, load_task
 
 
 class GenerationMetrics(TrainerCallback):
-    """Logs `gen_<metric>` (point estimates, no CI: the subset is small by design) on the main process."""
+    """Logs `gen_<metric>` (point estimates, no CI: the subset is small by design) on the main process; under
+    ZeRO-3 every rank helps gather the sharded weights and the main process generates and scores."""
 
     def __init__(self, rows: TaskRows, tokenizer: Any, every_steps: int):
         self.rows = rows
@@ -23,19 +24,35 @@ class GenerationMetrics(TrainerCallback):
         self.pause_s = 0.0  # time spent generating, which the stage's throughput leaves out
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every or not state.is_world_process_zero or self.trainer is None:
+        if state.global_step % self.every or self.trainer is None:
+            return
+        # ZeRO-3 shards the weights: every rank takes part in gathering them (a collective), then rank 0 generates
+        # with the whole model and its hooks removed; a rank 0 that generated alone from shards would wait forever
+        sharded = any(hasattr(p, "ds_id") for p in model.parameters())
+        if not (sharded or state.is_world_process_zero):
             return
         import time
 
+        started = time.perf_counter()
+        if sharded:
+            from trl.models.utils import unwrap_model_for_generation
+
+            with unwrap_model_for_generation(self.trainer.model_wrapped, self.trainer.accelerator) as whole:
+                if state.is_world_process_zero:
+                    self._generate(whole, alone=True)
+        else:
+            self._generate(model)
+        self.pause_s += time.perf_counter() - started
+
+    def _generate(self, model, alone: bool = False) -> None:
         from tuneloop.eval import metrics as M
         from tuneloop.eval.backends import TransformersBackend
 
-        started = time.perf_counter()
         was_training = model.training
         cache = model.config.use_cache
         model.config.use_cache = True
         try:
-            backend = TransformersBackend("training model", self.tokenizer, model)
+            backend = TransformersBackend("training model", self.tokenizer, model, alone=alone)
             answers = backend.generate(self.rows.prompts, self.rows.task.generation)
         finally:
             model.config.use_cache = cache
@@ -44,8 +61,12 @@ class GenerationMetrics(TrainerCallback):
         values = M.generation_metrics(
             [a.text for a in answers], self.rows.references, names or ["rougeL"], resamples=100
         )
-        self.pause_s += time.perf_counter() - started
+        # Trainer.log clears the step's should_log/evaluate/save flags: the main process would then skip the step's
+        # own logging, whose loss gather is a collective the other ranks enter (a hang or a collective mismatch)
+        control = self.trainer.control
+        flags = (control.should_log, control.should_evaluate, control.should_save)
         self.trainer.log({f"gen_{k}": round(v.value, 3) for k, v in values.items()})
+        control.should_log, control.should_evaluate, control.should_save = flags
 
 
 def build(trainer: Any, recipe: Recipe, tokenizer: Any, base_dir: Path, smoke: bool) -> GenerationMetrics | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,16 +107,26 @@ def shrink_config(config: Any) -> Any:
 
 
 def quantization_config(peft: Peft | None):
+    """bitsandbytes' 4-bit NF4 config for a `qlora` stage. It quantizes on CPU too (bitsandbytes >= 0.49); compute
+    runs in bf16 where a GPU supports it and in float32 elsewhere (CPU bf16 matmuls are slow or missing)."""
     if peft is None or peft.type != "qlora":
         return None
     import torch
-    from transformers import BitsAndBytesConfig  # needs CUDA: train.preflight refuses QLoRA without it
 
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as e:
+        raise ModelLoadError(
+            f"peft.type qlora needs the bitsandbytes package (`make install` brings it; `pip install "
+            f"'tuneloop[gpu]'` on GPU machines): {e}"
+        ) from e
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=peft.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=peft.bnb_4bit_use_double_quant,
-        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
     )
 
 
@@ -132,16 +144,53 @@ def load_model(source: str, ref: ModelRef, qlora: Peft | None = None, reward_hea
         kwargs["attn_implementation"] = ref.attn_implementation
     quant = quantization_config(qlora)
     if quant is not None:
+        import os
+
         kwargs["quantization_config"] = quant
+        # each DDP rank holds its own 4-bit copy on its own GPU
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if torch.cuda.is_available() else "cpu"
     try:
         if reward_head:
             model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=1, **kwargs)
             if model.config.pad_token_id is None:  # the score is read at the last non-padding token
                 model.config.pad_token_id = model.config.eos_token_id
-            return model
-        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except OSError as e:
         raise ModelLoadError(f"cannot load model {ref.name!r} from {source!r}: {e}") from e
+    return prepare_4bit(model) if quant is not None else model
+
+
+def prepare_4bit(model: Any) -> Any:
+    """Make a 4-bit model trainable and prove it is 4-bit: peft's k-bit preparation (norms in float32, input
+    gradients), and the CPU repacking trap disarmed.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a Linear4bit's weights for a faster kernel at the first no-grad
+    forward (an evaluation pass, a generation); that kernel has no backward, and later training steps then get LoRA
+    gradients wrong by up to 81% with only a UserWarning (measured, DESIGN.md "Facts"). Turning the repacking off
+    on every layer keeps evaluation and training on the same, differentiable kernel."""
+    from bitsandbytes.nn import Linear4bit
+    from peft import prepare_model_for_kbit_training
+
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    if not layers:
+        raise ModelLoadError(
+            "peft.type qlora: the model loaded without a single 4-bit layer (bitsandbytes fell back); "
+            "refusing to train plain LoRA under a QLoRA recipe"
+        )
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def memory_footprint(model: Any) -> int:
+    """Bytes the model's parameters and buffers take in this process: 4-bit layers count packed, a ZeRO-3 rank
+    counts its own partition."""
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        part = getattr(tensor, "ds_tensor", None)
+        total += (part if part is not None else tensor).nbytes
+    return total
 
 
 def load_reward_model(source: str) -> Any:
@@ -198,6 +247,21 @@ def tiny_copy(source: str, ref: ModelRef, out: Path, seed: int) -> str:
     return str(out)
 
 
+@contextmanager
+def outside_zero3() -> Iterator[None]:
+    """Load a whole model in this process alone while a ZeRO-3 run is active (rank 0 merging an adapter between
+    stages). transformers builds every model inside `zero.Init` while a ZeRO-3 config is registered, and that
+    partitioning is a collective the other ranks never join: the rank would hang."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    registered = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = registered
+
+
 def merge_adapter(adapter_dir: Path, out: Path) -> Path:
     """Fold a LoRA adapter into its base and save full weights with the tokenizer (and the training record, so
     the chat-template guard still applies); done once: an existing merge is reused."""
@@ -208,7 +272,8 @@ def merge_adapter(adapter_dir: Path, out: Path) -> Path:
 
     if (out / "config.json").is_file():
         return out
-    AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload().save_pretrained(str(out))
+    with outside_zero3():
+        AutoPeftModelForCausalLM.from_pretrained(str(adapter_dir)).merge_and_unload().save_pretrained(str(out))
     AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
     record = adapter_dir / "tuneloop-train.json"
     if record.is_file():

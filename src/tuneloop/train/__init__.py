@@ -17,7 +17,8 @@ from tuneloop.config import trainer_fields
 from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.schema import Recipe, Stage
 from tuneloop.errors import TuneloopError
-from tuneloop.train import runs
+from tuneloop.train import launch, runs
+from tuneloop.train.launch import Request
 
 if TYPE_CHECKING:
     from tuneloop.tracking import RunTracker
@@ -51,13 +52,23 @@ class RunResult:
     tracking: str | None = None  # where the MLflow run is
 
 
-def _init_distributed():
-    """Join the launcher's process group (or none). Without a GPU, ask accelerate for CPU state explicitly:
-    otherwise `accelerate launch --multi_gpu` on CPU leaves each rank training alone (DESIGN.md, Facts)."""
+def _init_distributed(request: Request):
+    """Join the launcher's process group (or none) and check that every process the launcher started is in it.
+
+    Without a GPU, ask accelerate for CPU state explicitly: otherwise `accelerate launch --multi_gpu` on CPU leaves
+    each rank training alone (DESIGN.md, Facts). DeepSpeed's ops are compiled on first use; they are cached inside
+    the virtual environment, so one `make install` pays for them once, not every fresh home directory."""
+    import os
+    import sys
+
     import torch
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    if sys.prefix != sys.base_prefix:
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    state = PartialState(cpu=not torch.cuda.is_available())
+    launch.check_world(request, state.num_processes)
+    return state
 
 
 def quiet_libraries() -> None:
@@ -70,31 +81,22 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
-def preflight(recipe: Recipe, smoke: bool) -> None:
-    """Refuse, before anything is loaded, what this machine cannot run (a smoke run substitutes instead)."""
+def preflight(recipe: Recipe, smoke: bool) -> Request:
+    """Refuse, before anything is loaded, what this machine or this launch cannot run as asked; returns the
+    launcher's request, which training checks against what runs (tuneloop.train.launch)."""
     import torch
 
-    from tuneloop.train.stage import needs_cuda_optimizer
-
+    request = launch.requested()
+    launch.refuse_impossible(request, torch.cuda.is_available())
     if smoke or torch.cuda.is_available():
-        return
+        return request
     for stage in recipe.stages:
-        if stage.peft and stage.peft.type == "qlora":
-            raise TuneloopError(
-                f"stages.{stage.name}.peft: QLoRA loads the base model in 4 bits with bitsandbytes, which needs a "
-                "CUDA GPU; on this machine use `peft: {type: lora}`, or check the path with --smoke"
-            )
         if stage.args.get("use_vllm"):
             raise TuneloopError(
                 f"stages.{stage.name}.args.use_vllm: generating with vLLM inside training needs a CUDA GPU; on this "
                 "machine drop `use_vllm` (transformers generates instead), or check the path with --smoke"
             )
-        optim = str(stage.args.get("optim", ""))
-        if needs_cuda_optimizer(optim):
-            raise TuneloopError(
-                f"stages.{stage.name}.args.optim: {optim} is a bitsandbytes optimizer, which needs a CUDA GPU; "
-                "use adamw_torch here, or check the path with --smoke"
-            )
+    return request
 
 
 def train_recipe(
@@ -125,7 +127,7 @@ def train_recipe(
     from tuneloop.tracking import RunTracker, cost_metrics, stage_metrics
     from tuneloop.train.stage import StageContext
 
-    preflight(recipe, smoke)
+    request = preflight(recipe, smoke)
     reused: dict[str, dict[str, Any]] = {}
     if from_stage:
         reused_run, reused = runs.reusable_stages(recipe, from_stage, smoke)
@@ -133,7 +135,7 @@ def train_recipe(
             say(f"--from {from_stage}: reusing {', '.join(reused)} from {reused_run}")
     price = recipe_price(recipe.cost, recipe_path.parent)  # a bad device or price table fails before training
     quiet_libraries()
-    state = _init_distributed()
+    state = _init_distributed(request)
     started = time.perf_counter()
     main = state.is_main_process
     if run_dir is None:

@@ -102,7 +102,7 @@ def train_online(trainer_cls: type, config_cls: type, stage: Stage, ctx: StageCo
         f"{config.num_generations} samples per prompt, up to {config.max_completion_length} tokens each"
         + (" (vLLM)" if config.use_vllm else " (transformers generate)")
     )
-    model = load_model(ctx.model_source, recipe.base_model, qlora=None if ctx.smoke else stage.peft)
+    model = load_model(ctx.model_source, recipe.base_model, qlora=stage.peft)
     trainer = trainer_cls(
         model=model,
         reward_funcs=funcs,

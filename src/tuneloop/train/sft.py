@@ -20,8 +20,7 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
     tokenizer = load_tokenizer(ctx.model_source, recipe.base_model, ctx.recipe_dir)
     data = stage_data(stage, ctx)
     config = trl_args(SFTConfig, stage, ctx, has_eval=data.eval is not None)
-    # a smoke run trains a QLoRA stage's adapter in full precision: 4-bit loading needs CUDA
-    model = load_model(ctx.model_source, recipe.base_model, qlora=None if ctx.smoke else stage.peft)
+    model = load_model(ctx.model_source, recipe.base_model, qlora=stage.peft)
     trainer = SFTTrainer(
         model=model,
         args=config,

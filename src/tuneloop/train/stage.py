@@ -10,9 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
+
 from tuneloop.config.schema import Peft, Recipe, Stage
 from tuneloop.errors import TuneloopError
 from tuneloop.train import runs
+from tuneloop.train.launch import Request, running, verify
 from tuneloop.train.progress import RichProgress, StepClock, console
 
 SMOKE_ROWS = 16
@@ -85,10 +88,6 @@ def trl_args(
         ctx.notes.append(note)
         ctx.say(f"[yellow]note:[/] {note}")
         args.update(bf16=False, fp16=False)
-    optim = str(args.get("optim", ""))
-    if not cuda and needs_cuda_optimizer(optim):  # only a smoke run gets here (train.preflight)
-        ctx.notes.append(f"smoke run: {optim} needs CUDA (bitsandbytes), so adamw_torch stands in")
-        args["optim"] = "adamw_torch"
     if ctx.smoke:
         args.update(
             max_steps=SMOKE_STEPS,
@@ -133,19 +132,12 @@ def track_data(ctx: StageContext, stage: Stage, data: Any) -> None:
         ctx.tracker.log_text(json.dumps(data.prepare, indent=2), f"data/{stage.name}-prepare.json")
 
 
-def needs_cuda_optimizer(optim: str) -> bool:
-    """8-bit and bitsandbytes optimizers (paged_adamw_8bit, adamw_bnb_8bit, ...) run on CUDA only."""
-    return "8bit" in optim or "bnb" in optim
-
-
 def lora_config(peft: Peft | None, ctx: StageContext, task_type: str = "CAUSAL_LM"):
     """PEFT's LoRA config from the recipe; a reward model (`SEQ_CLS`) also trains its new score head in full."""
     if peft is None:
         return None
     from peft import LoraConfig
 
-    if peft.type == "qlora" and ctx.smoke:
-        ctx.notes.append("smoke run: QLoRA's 4-bit loading needs CUDA, so the adapter trains in full precision")
     return LoraConfig(
         r=peft.r,
         lora_alpha=peft.alpha,
@@ -180,13 +172,14 @@ def stage_data(stage: Stage, ctx: StageContext):
 
 def describe_model(trainer: Any, stage: Stage, ctx: StageContext) -> tuple[int, int]:
     """Print what trains; returns (trainable, total) parameters."""
-    from tuneloop.models.loading import param_count
+    from tuneloop.models.loading import memory_footprint, param_count
 
     trainable, total = param_count(trainer.model)
+    kind = {None: "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA, 4-bit NF4 base"}[stage.peft and stage.peft.type]
     ctx.say(
         f"model: {ctx.model_name}{' (tiny random, --smoke)' if ctx.smoke else ''}: "
         f"{total / 1e6:.1f}M parameters, {trainable / 1e6:.2f}M trainable"
-        f" ({'LoRA' if stage.peft else 'full fine-tuning'}, {stage.method})"
+        f" ({kind}, {stage.method}), {memory_footprint(trainer.model) / 2**20:.1f} MiB in memory"
     )
     return trainable, total
 
@@ -223,8 +216,13 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     from accelerate.utils import gather_object
     from transformers import PrinterCallback
 
+    from tuneloop.models.loading import memory_footprint
+    from tuneloop.train.launch import requested
+
     callbacks = [*(callbacks or []), *(ctx.callbacks(stage) if ctx.callbacks else [])]
     stage_dir = ctx.stage_dir(stage)
+    mode = ModeCheck(trainer, requested())  # first: nothing else runs before the engine is known to be right
+    trainer.add_callback(mode)
     trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
     trainer.add_callback(RichProgress(stage.name))
     clock = StepClock()
@@ -284,6 +282,8 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
         "tokens_per_s": tokens / runtime if runtime else None,
         "tokens_per_s_after_first_step": clock.steady_tokens_per_s(),
         "world_size": trainer.args.world_size,
+        "distributed": mode.mode,
+        "model_memory_bytes": memory_footprint(trainer.model),
         "rank_weight_checksums": checksums,
         "ranks_in_sync": None if None in checksums else len(set(checksums)) == 1,
         "model_dir": str(model_dir),
@@ -292,6 +292,19 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     if summary["ranks_in_sync"] is False:
         raise RuntimeError(f"ranks ended with different weights ({checksums}); distributed training is broken")
     return summary
+
+
+class ModeCheck(TrainerCallback):
+    """Verifies the running mode at the start of training, on every rank (each stops with the same error)."""
+
+    def __init__(self, trainer: Any, request: Request):
+        self.trainer = trainer
+        self.request = request
+        self.mode: dict[str, Any] | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.mode = running(self.trainer)
+        verify(self.request, self.mode)
 
 
 def _checkpoint_progress(checkpoint: Path | None) -> tuple[int, int]:
@@ -307,14 +320,23 @@ def _checkpoint_progress(checkpoint: Path | None) -> tuple[int, int]:
 def weights_checksum(model: Any) -> str | None:
     """Hash of every trainable parameter, to prove that all ranks of a distributed run hold the same model.
 
-    None when parameters are sharded (ZeRO-3, FSDP): each rank then holds a different part by design.
-    """
+    Under ZeRO-3 each rank holds a shard: the parameters are gathered one at a time (every rank must call this,
+    it is a collective) so the hash covers the whole model without holding it all at once. None under FSDP."""
+    from contextlib import nullcontext
+
     params = sorted(model.named_parameters())
-    if any(hasattr(p, "ds_numel") or type(p).__name__ == "DTensor" for _, p in params):
+    if any(type(p).__name__ == "DTensor" for _, p in params):
         return None
+    gather = None
+    if any(hasattr(p, "ds_id") for _, p in params):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters
     h = hashlib.sha256()
     for name, param in params:
-        if param.requires_grad:
+        if not param.requires_grad:
+            continue
+        with gather([param], modifier_rank=None) if gather else nullcontext():
             h.update(name.encode())
             h.update(param.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
