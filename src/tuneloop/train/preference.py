@@ -34,9 +34,7 @@ def train_with(
         )
     data = stage_data(stage, ctx)
     config = trl_args(config_cls, stage, ctx, has_eval=data.eval is not None)
-    model = load_model(
-        ctx.model_source, recipe.base_model, qlora=stage.peft, reward_head=reward_head
-    )
+    model = load_model(ctx.model_source, recipe.base_model, qlora=stage.peft, reward_head=reward_head)
     kwargs: dict[str, Any] = {}
     described = None
     if reference:
