@@ -77,7 +77,12 @@ def test_every_shipped_recipe_passes_smoke(recipe, workspace, monkeypatch):
 
 def test_shipped_qlora_recipe_trains_the_builtin_model_in_4_bits_on_cpu(workspace):
     """recipes/sft-qlora.yaml as shipped (all-linear LoRA on a 4-bit NF4 base, paged_adamw_8bit), shortened."""
-    short = ["data.max_train_rows=8", "stages.sft.args.max_steps=2", "stages.sft.args.per_device_train_batch_size=2"]
+    short = [
+        "data.max_train_rows=8",
+        "data.max_eval_rows=8",
+        "stages.sft.args.max_steps=2",
+        "stages.sft.args.per_device_train_batch_size=2",
+    ]
     cmd = [sys.executable, "-m", "tuneloop", "train", "recipes/sft-qlora.yaml"]
     proc = subprocess.run(
         [*cmd, *[a for s in short for a in ("--set", s)]], capture_output=True, text=True, cwd=REPO, timeout=600

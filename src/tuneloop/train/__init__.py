@@ -57,7 +57,9 @@ def _init_distributed(request: Request):
 
     Without a GPU, ask accelerate for CPU state explicitly: otherwise `accelerate launch --multi_gpu` on CPU leaves
     each rank training alone (DESIGN.md, Facts). DeepSpeed's ops are compiled on first use; they are cached inside
-    the virtual environment, so one `make install` pays for them once, not every fresh home directory."""
+    the virtual environment, so one `make install` pays for them once, not every fresh home directory. Naming
+    DeepSpeed's CPU accelerator when there is no GPU says what its autodetection would pick, without its warning
+    on every run."""
     import os
     import sys
 
@@ -66,6 +68,8 @@ def _init_distributed(request: Request):
 
     if sys.prefix != sys.base_prefix:
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     state = PartialState(cpu=not torch.cuda.is_available())
     launch.check_world(request, state.num_processes)
     return state
