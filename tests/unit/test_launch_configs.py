@@ -3,7 +3,7 @@
 Nothing here trains: each profile goes through accelerate 1.15's own config loader and launch-argument
 processing, and the environment that `accelerate launch` would hand to the training processes is fed to
 accelerate's DeepSpeed / FSDP plugins, which is where a wrong key or a forbidden combination shows up.
-The ZeRO profiles also train for real on two CPU ranks in tests/integration/test_cluster_cpu.py.
+The ZeRO profiles also train for real on two CPU ranks in tests/integration/test_cluster_*.py.
 """
 
 from __future__ import annotations
