@@ -50,6 +50,8 @@ demo: install model
 test: install model
 	@echo "==> lint"
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
 	@echo "==> tests (unit, integration, e2e; slow ones included)"
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
@@ -59,6 +61,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff format src tests scripts

@@ -51,8 +51,11 @@ def main() -> None:
     datasets.disable_caching()  # a cached `map` from an earlier run would time a disk read, not the counting
     if not a.pool.is_file():
         with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, str(REPO / "scripts/build_debian_dataset.py"), "--output", tmp,
-                            "--pool", str(a.pool)], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+            subprocess.run(
+                [sys.executable, str(REPO / "scripts/build_debian_dataset.py"), "--output", tmp, "--pool", str(a.pool)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
     data = Data(source=str(a.pool), format={"prompt": "{description}", "completion": "{synopsis}"}, eval_split=None)
     splits = raw_splits(data, REPO)
     ds = splits["train"]

@@ -134,8 +134,10 @@ def main() -> None:
         t, s = med[("teacher", batch)], med[("student", batch)]
         runs = ", ".join(f"{x:.0f}" for x in speed[("student", batch)])
         lines.append(f"| generated tokens/s, batch {batch} | {t:.1f} | {s:.1f} (runs {runs}) | **{s / t:.2f}×** |")
-    lines.append(f"| parameters | {params['teacher'] / 1e6:.1f}M | {params['student'] / 1e6:.1f}M | "
-                 f"{params['student'] / params['teacher']:.0%} |")  # fmt: skip
+    lines.append(
+        f"| parameters | {params['teacher'] / 1e6:.1f}M | {params['student'] / 1e6:.1f}M | "
+        f"{params['student'] / params['teacher']:.0%} |"
+    )
     text = "\n".join(lines) + "\n"
     print(text)
     with a.output.open("a") as f:

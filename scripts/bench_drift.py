@@ -57,14 +57,20 @@ def main() -> None:
 
     def side(chosen: list[dict]) -> tuple[np.ndarray, Texts]:
         ids = [index[id(r)] for r in chosen]
-        texts = Texts([r["description"] for r in chosen], [r["synopsis"] for r in chosen],
-                      {"languages": [languages[i] for i in ids]})  # fmt: skip
+        texts = Texts(
+            [r["description"] for r in chosen],
+            [r["synopsis"] for r in chosen],
+            {"languages": [languages[i] for i in ids]},
+        )
         return emb[ids], texts
 
     defaults = Drift()
     ref_emb, ref_texts = side(reference_rows)
-    scenarios = {"same distribution (false alarms)": 0.0, "half shifted to games/science": 0.5,
-                 "shifted to games/science": 1.0}  # fmt: skip
+    scenarios = {
+        "same distribution (false alarms)": 0.0,
+        "half shifted to games/science": 0.5,
+        "shifted to games/science": 1.0,
+    }
     results = []
     t0 = time.time()
     for size in a.sizes:
@@ -83,13 +89,24 @@ def main() -> None:
                 by_embedding += e["drift"]
                 by_descriptors += any("descriptors drifted" in r for r in v["reasons"])
                 aucs.append(e["roc_auc"])
-            results.append({"size": size, "scenario": label, "windows": a.windows, "detected": found / a.windows,
-                            "by_embedding": by_embedding / a.windows, "by_descriptors": by_descriptors / a.windows,
-                            "auc_median": float(np.median(aucs)), "auc_p5": float(np.percentile(aucs, 5)),
-                            "auc_p95": float(np.percentile(aucs, 95))})  # fmt: skip
+            results.append(
+                {
+                    "size": size,
+                    "scenario": label,
+                    "windows": a.windows,
+                    "detected": found / a.windows,
+                    "by_embedding": by_embedding / a.windows,
+                    "by_descriptors": by_descriptors / a.windows,
+                    "auc_median": float(np.median(aucs)),
+                    "auc_p5": float(np.percentile(aucs, 5)),
+                    "auc_p95": float(np.percentile(aucs, 95)),
+                }
+            )
             r = results[-1]
-            print(f"window {size:4d}  {label:36s} drift in {r['detected']:.0%} of windows "
-                  f"(AUC median {r['auc_median']:.3f})")  # fmt: skip
+            print(
+                f"window {size:4d}  {label:36s} drift in {r['detected']:.0%} of windows "
+                f"(AUC median {r['auc_median']:.3f})"
+            )
     wall = time.time() - t0
     lines = _markdown(results, len(reference_rows), len(held_out), len(shifted), a.windows, wall)
     print("\n".join(lines))
@@ -116,8 +133,10 @@ def _markdown(results: list[dict], n_ref: int, n_held: int, n_shift: int, window
     ]
     for r in results:
         spread = f"{r['auc_median']:.3f} ({r['auc_p5']:.3f}–{r['auc_p95']:.3f})"
-        lines.append(f"| {r['size']} | {r['scenario']} | **{r['detected']:.0%}** | {r['by_embedding']:.0%} | "
-                     f"{r['by_descriptors']:.0%} | {spread} |")  # fmt: skip
+        lines.append(
+            f"| {r['size']} | {r['scenario']} | **{r['detected']:.0%}** | {r['by_embedding']:.0%} | "
+            f"{r['by_descriptors']:.0%} | {spread} |"
+        )
     return lines
 
 

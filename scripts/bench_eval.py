@@ -47,7 +47,7 @@ def run_transformers(path: str, model, prompts: list, gen) -> tuple[dict, object
     import torch
 
     from tuneloop.eval.backends import TransformersBackend
-    from tuneloop.eval.models import load_for_eval
+    from tuneloop.models.references import load_for_eval
 
     started = time.perf_counter()
     lm, tok = load_for_eval(model)
@@ -136,9 +136,9 @@ def main() -> None:
     from rich.table import Table
 
     from tuneloop.config.evaluation import Generation
-    from tuneloop.config.loader import load_suite
-    from tuneloop.eval.models import merged_dir, resolve_model
     from tuneloop.eval.tasks import load_task
+    from tuneloop.models.references import merged_dir, resolve_model
+    from tuneloop.recipes import load_suite
 
     console = Console()
     task = load_suite(REPO / "configs/eval/synopsis.yaml").tasks[0]

@@ -31,8 +31,13 @@ SEEDS = 20
 BUDGET_SHARE = 0.3  # the money budget of the budgeted strategies: 30% of the grid's cost
 
 
-SETS = ["sweep.sampler=grid", "sweep.grid_points=4", "sweep.pruning.rule=none", "sweep.budget.money=100",
-        "sweep.budget.trials=100"]  # fmt: skip
+SETS = [
+    "sweep.sampler=grid",
+    "sweep.grid_points=4",
+    "sweep.pruning.rule=none",
+    "sweep.budget.money=100",
+    "sweep.budget.trials=100",
+]
 
 
 def grid(out: Path, extra: list[str]) -> None:
@@ -47,9 +52,15 @@ def grid(out: Path, extra: list[str]) -> None:
     started = time.time()
     study = run_sweep(spec, overrides=sets, say=print)
     out.parent.mkdir(parents=True, exist_ok=True)
-    table = {"recipe": "recipes/sweep.yaml", "overrides": extra, "metric": METRIC, "machine": _machine(),
-             "date": time.strftime("%Y-%m-%d"), "wall_s": time.time() - started,
-             "configs": _configs(study)}  # fmt: skip
+    table = {
+        "recipe": "recipes/sweep.yaml",
+        "overrides": extra,
+        "metric": METRIC,
+        "machine": _machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_s": time.time() - started,
+        "configs": _configs(study),
+    }
     out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"{len(table['configs'])} configurations in {time.time() - started:.0f} s -> {out}")
 
@@ -61,8 +72,12 @@ def rerun(indexes: list[int]) -> None:
     from tuneloop.sweep.spec import load_sweep
 
     table = json.loads(TABLE.read_text())
-    sets = [f"sweep.name=bench-rerun-{int(time.time())}", *SETS, f"sweep.budget.trials={len(indexes)}",
-            "sweep.sampler=random"]  # fmt: skip
+    sets = [
+        f"sweep.name=bench-rerun-{int(time.time())}",
+        *SETS,
+        f"sweep.budget.trials={len(indexes)}",
+        "sweep.sampler=random",
+    ]
     spec = load_sweep(RECIPE, sets)
     from tuneloop.sweep.engine import open_storage, open_study
     from tuneloop.sweep.runner import default_storage
@@ -102,17 +117,24 @@ def _configs(study) -> list[dict]:
 def strategies(grid_cost: float, every: int = 2) -> dict[str, dict]:
     """`every`: the steps between the table's intermediate scores, where the pruners look."""
     budget = {"money": BUDGET_SHARE * grid_cost}
-    cost_aware = {"objectives": [{"metric": METRIC}, {"cost": "money"}], "budget": budget,
-                  "pruning": {"every_steps": every, "rule": "pareto"}, "startup_trials": 3}  # fmt: skip
+    cost_aware = {
+        "objectives": [{"metric": METRIC}, {"cost": "money"}],
+        "budget": budget,
+        "pruning": {"every_steps": every, "rule": "pareto"},
+        "startup_trials": 3,
+    }
     return {
         "tuneloop (TPE, quality+cost, Pareto pruning)": cost_aware,
         "tuneloop, NSGA-II instead of TPE": {**cost_aware, "sampler": "nsga2"},
         "tuneloop, no pruning": {**cost_aware, "pruning": None},
-        "Optuna TPE + Hyperband (one objective)": {"objectives": [{"metric": METRIC}], "budget": budget,
-                                                    "pruning": {"every_steps": every, "rule": "hyperband"},
-                                                    "startup_trials": 3},
+        "Optuna TPE + Hyperband (one objective)": {
+            "objectives": [{"metric": METRIC}],
+            "budget": budget,
+            "pruning": {"every_steps": every, "rule": "hyperband"},
+            "startup_trials": 3,
+        },
         "random search": {"objectives": [{"metric": METRIC}], "budget": budget, "sampler": "random"},
-    }  # fmt: skip
+    }
 
 
 def replay(path: Path) -> None:
@@ -184,8 +206,10 @@ def _markdown(table, results, best, grid_cost) -> list[str]:
     for label, rows in results.items():
         q, c, n, p = zip(*rows, strict=True)
         hit, close = sum(x >= 0.99 for x in q), sum(x >= 0.95 for x in q)
-        out.append(f"| {label} | {spread(list(q))} | {spread(list(c))} | {statistics.median(n):g} | "
-                   f"{statistics.median(p):g} | {hit}/{len(rows)} | {close}/{len(rows)} |")  # fmt: skip
+        out.append(
+            f"| {label} | {spread(list(q))} | {spread(list(c))} | {statistics.median(n):g} | "
+            f"{statistics.median(p):g} | {hit}/{len(rows)} | {close}/{len(rows)} |"
+        )
     return out
 
 

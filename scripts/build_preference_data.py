@@ -55,7 +55,7 @@ def generate(rows: list[dict], batch_size: int) -> list[str]:
     from tuneloop.config.schema import ModelRef
     from tuneloop.data import builtin
     from tuneloop.eval.backends import TransformersBackend
-    from tuneloop.eval.models import load_for_eval, resolve_model
+    from tuneloop.models.references import load_for_eval, resolve_model
 
     fmt = builtin.task("debian-descriptions", "synopsis").format
     model = resolve_model(ModelRef(name="smollm2-135m-instruct").name, REPO_ROOT, say=print)

@@ -35,9 +35,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "retrain-loop.yaml"
 DATA = ROOT / "data" / "debian-descriptions"
 MODEL = "synopsis-loop"
-WRECK = ("loop.retrain=[{name: dpo, method: dpo, peft: {type: lora, r: 16, alpha: 32, target_modules: all-linear}, "
-         "args: {learning_rate: 5.0e-3, beta: 0.1, num_train_epochs: 3, per_device_train_batch_size: 4, "
-         "max_length: 320, save_steps: 1000}}]")  # fmt: skip
+WRECK = (
+    "loop.retrain=[{name: dpo, method: dpo, peft: {type: lora, r: 16, alpha: 32, target_modules: all-linear}, "
+    "args: {learning_rate: 5.0e-3, beta: 0.1, num_train_epochs: 3, per_device_train_batch_size: 4, "
+    "max_length: 320, save_steps: 1000}}]"
+)
 
 
 def main() -> None:
@@ -51,8 +53,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/")
     a = parser.parse_args()
 
-    from tuneloop.config.loader import load_recipe
     from tuneloop.data import builtin
+    from tuneloop.recipes import load_recipe
 
     fmt = builtin.task("debian-descriptions", "synopsis").format
     train = [json.loads(line) for line in (DATA / "train.jsonl").open()]
@@ -89,7 +91,7 @@ def main() -> None:
 
 def _champion(recipe, sets: list[str]) -> None:
     from tuneloop import pipeline
-    from tuneloop.registry.materialize import get_version
+    from tuneloop.models.registered import get_version
 
     with contextlib.suppress(Exception):
         get_version(f"models:/{MODEL}@champion")
@@ -111,9 +113,22 @@ def _serve() -> Server:
     from tuneloop import workspace
 
     log = workspace.home() / "demo-serve.log"
-    cmd = [str(Path(sys.executable).with_name("tuneloop")), "serve", f"models:/{MODEL}@champion", "--engine",
-           "transformers", "--name", MODEL, "--no-auth", "--follow", "champion", "--poll", "2",
-           "--port", str(port)]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("tuneloop")),
+        "serve",
+        f"models:/{MODEL}@champion",
+        "--engine",
+        "transformers",
+        "--name",
+        MODEL,
+        "--no-auth",
+        "--follow",
+        "champion",
+        "--poll",
+        "2",
+        "--port",
+        str(port),
+    ]
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -142,8 +157,9 @@ def _answers(server: Server, rows: list[dict], fmt) -> list[tuple[str, str]]:
     out = []
     for r in rows:
         messages = [{"role": "system", "content": fmt.system}, {"role": "user", "content": fmt.prompt.format_map(r)}]
-        raw = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=32,
-                                                               temperature=0)  # fmt: skip
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL, messages=messages, max_tokens=32, temperature=0
+        )
         out.append((raw.parse().choices[0].message.content or "", raw.headers.get("x-tuneloop-model-version", "")))
     return out
 
@@ -179,8 +195,15 @@ def _round(recipe, sets: list[str], references: dict[str, dict], a) -> dict:
         while (item := queue.next_assignment(campaign, rater, "pairwise")) is not None:
             prompt = item.prompt[-1]["content"] if isinstance(item.prompt, list) else item.prompt
             known_row = references.get(prompt) or {}
-            choice = choose(item.left, item.right or "", known_row.get("synopsis"), "rules", a.noise, rng,
-                            package=known_row.get("package"))  # fmt: skip
+            choice = choose(
+                item.left,
+                item.right or "",
+                known_row.get("synopsis"),
+                "rules",
+                a.noise,
+                rng,
+                package=known_row.get("package"),
+            )
             queue.record_vote(item.id, rater, {"choice": choice}, f"{campaign}-{rater}-{item.id}")
     return run_round(recipe, RECIPE, overrides=sets, wait=False)
 
@@ -230,11 +253,16 @@ def _markdown(rows: list[dict], a, wall: float) -> list[str]:
     ]
     for r in rows:
         w = r["win_rate_vs_original"]
-        deltas = "; ".join(f"{d['metric']} {d['diff']:+.1f} [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}]"
-                           for d in r["deltas"] or [] if d.get("ci"))  # fmt: skip
-        lines.append(f"| {r['round']} | {r['retrain']} | {r['votes']} | {r['pairs']} | {r['decision']} | "
-                     f"{r['served']} | {100 * w['value']:.0f}% [{100 * w['ci'][0]:.0f}, {100 * w['ci'][1]:.0f}] | "
-                     f"{100 * r['rules_share']:.0f}% | {deltas} |")  # fmt: skip
+        deltas = "; ".join(
+            f"{d['metric']} {d['diff']:+.1f} [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}]"
+            for d in r["deltas"] or []
+            if d.get("ci")
+        )
+        lines.append(
+            f"| {r['round']} | {r['retrain']} | {r['votes']} | {r['pairs']} | {r['decision']} | "
+            f"{r['served']} | {100 * w['value']:.0f}% [{100 * w['ci'][0]:.0f}, {100 * w['ci'][1]:.0f}] | "
+            f"{100 * r['rules_share']:.0f}% | {deltas} |"
+        )
     return lines
 
 

@@ -199,7 +199,7 @@ def main() -> int:
 
 def dry_run(plan: dict, chosen: list[str], work: Path) -> int:
     """What CI checks: every recipe (with its overrides) validates, every benchmark script parses its arguments."""
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
 
     checks = {
         "qlora": lambda: load_recipe(REPO / "recipes/sft-qlora.yaml", QLORA_SET),

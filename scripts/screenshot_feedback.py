@@ -34,15 +34,32 @@ def _rows(n: int) -> list[dict]:
     for i, row in enumerate(data[:n]):
         other = data[i + 1]["synopsis"]
         prompt = [{"role": "system", "content": fmt.system}, {"role": "user", "content": row["description"]}]
-        rows.append({
-            "prompt": prompt, "reference": row["synopsis"], "source": {"row": i}, "gold": False,
-            "responses": [
-                {"model": "fine-tuned", "model_ref": "ft", "model_version": None, "text": row["synopsis"],
-                 "tokens": 8, "correct": None},
-                {"model": "base", "model_ref": "base", "model_version": None,
-                 "text": f"A package that provides {other.lower()}.", "tokens": 12, "correct": None},
-            ],
-        })  # fmt: skip
+        rows.append(
+            {
+                "prompt": prompt,
+                "reference": row["synopsis"],
+                "source": {"row": i},
+                "gold": False,
+                "responses": [
+                    {
+                        "model": "fine-tuned",
+                        "model_ref": "ft",
+                        "model_version": None,
+                        "text": row["synopsis"],
+                        "tokens": 8,
+                        "correct": None,
+                    },
+                    {
+                        "model": "base",
+                        "model_ref": "base",
+                        "model_version": None,
+                        "text": f"A package that provides {other.lower()}.",
+                        "tokens": 12,
+                        "correct": None,
+                    },
+                ],
+            }
+        )
     return rows
 
 
@@ -56,9 +73,18 @@ def main() -> None:
     from tuneloop.feedback import app, store
     from tuneloop.feedback.simulate import simulate
 
-    spec = {"name": "synopsis-demo", "overlap": 3, "gold_threshold": 0.7, "gold_min_items": 5, "export": {},
-            "tasks": {"pairwise": True, "rewrite": True,
-                      "rating": [{"name": "accurate", "text": "Does the synopsis describe the package?"}]}}  # fmt: skip
+    spec = {
+        "name": "synopsis-demo",
+        "overlap": 3,
+        "gold_threshold": 0.7,
+        "gold_min_items": 5,
+        "export": {},
+        "tasks": {
+            "pairwise": True,
+            "rewrite": True,
+            "rating": [{"name": "accurate", "text": "Does the synopsis describe the package?"}],
+        },
+    }
     guidelines = (REPO / "configs/feedback/synopsis-guidelines.md").read_text()
     store.save_campaign(spec, guidelines, "docs", _rows(30))
     store.add_rater("alice", "alice-password")

@@ -44,8 +44,9 @@ def main() -> None:
             with contextlib.suppress(TuneloopError):  # exists from an earlier run
                 store.add_rater(name, password)
     references, packages = prompt_facts(a.campaign)  # --prefer rules also checks the package-name rule
-    result = simulate(a.url, accounts, a.votes, prefer=a.prefer, noise=a.noise, references=references,
-                      packages=packages, seed=a.seed)  # fmt: skip
+    result = simulate(
+        a.url, accounts, a.votes, prefer=a.prefer, noise=a.noise, references=references, packages=packages, seed=a.seed
+    )
     summary = result.summary()
     print(json.dumps(summary, indent=2))
     for e in result.errors[:10]:

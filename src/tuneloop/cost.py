@@ -77,8 +77,13 @@ def price_for(device: str = "auto", per_hour: float | None = None, prices: str |
         raise TuneloopError(f"device {device!r} is not in the price table; devices: {', '.join(table['devices'])}")
     peak = spec.get("peak_tflops")
     rate = float(spec["price_per_hour"]) if per_hour is None else float(per_hour)
-    return Price(device, rate, table.get("currency", "USD"), peak * 1e12 if peak else None,
-                 "recipe" if per_hour is not None else source)  # fmt: skip
+    return Price(
+        device,
+        rate,
+        table.get("currency", "USD"),
+        peak * 1e12 if peak else None,
+        "recipe" if per_hour is not None else source,
+    )
 
 
 def recipe_price(cost: Any, recipe_dir: Path) -> Price:

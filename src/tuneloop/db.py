@@ -48,12 +48,8 @@ def engine() -> Engine:
         eng = create_engine(target, pool_pre_ping=True)
         if eng.dialect.name == "sqlite":
             event.listen(eng, "connect", _sqlite_pragmas)
-        # the tables of every package that stores rows (importing registers them on `metadata` for queries)
-        from tuneloop.feedback import store as _feedback  # noqa: F401
-        from tuneloop.loop import store as _loop  # noqa: F401
-        from tuneloop.monitor import store as _monitor  # noqa: F401
-        from tuneloop.serve import store as _serve  # noqa: F401
-
+        # the schema comes from the migrations; each store declares its own tables on `metadata` for its queries,
+        # so this floor never imports the packages above it
         migrate(eng)
         _engines[target] = eng
         return eng

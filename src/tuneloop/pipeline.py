@@ -55,9 +55,17 @@ def run(
     follows = evaluate and (recipe.evaluation is not None or recipe.registry is not None)
     try:
         result = train_recipe(
-            recipe, recipe_path, smoke=smoke, resume=resume, run_dir=run_dir, say=say, tracker=tracker,
-            finished=not follows, from_stage=from_stage, callbacks=callbacks,
-        )  # fmt: skip
+            recipe,
+            recipe_path,
+            smoke=smoke,
+            resume=resume,
+            run_dir=run_dir,
+            say=say,
+            tracker=tracker,
+            finished=not follows,
+            from_stage=from_stage,
+            callbacks=callbacks,
+        )
         if follows and main:
             _after_training(recipe, recipe_path, result, tracker, smoke=smoke, resume=resume, say=say)
     except (KeyboardInterrupt, RunStopped) as e:
@@ -183,7 +191,7 @@ def evaluate_run(
 def _remember_registered(results: dict[str, Any], out_dir: Path, suite: Any) -> None:
     """A baseline that is a registered version (`models:/NAME@champion`) is cached as that version's evaluation,
     so promoting against it does not evaluate it again. Never fails the run: the cache only saves time."""
-    from tuneloop.registry.materialize import registered_from
+    from tuneloop.models.registered import registered_from
     from tuneloop.registry.promotion import remember_result
 
     for entry in results.get("models", [])[:-1]:  # the last one is the model this run trained

@@ -100,15 +100,8 @@ def length(max_chars: int) -> Callable[..., list[float]]:
     return length_reward
 
 
-# name -> what it needs from the data (for validation) and a factory taking the Reward spec
-BUILTIN: dict[str, str] = {
-    "debian_synopsis_rules": "Debian's synopsis rules (Policy 3.4.1, Developer's Reference 6.2.2); uses `package`",
-    "rougeL": "ROUGE-L F against the reference column",
-    "length": "brevity: 1 up to max_chars, 0 from twice that",
-}
-
-
 def build_builtin(name: str, reference: str | None, max_chars: int) -> Callable[..., list[float | None]]:
+    """The reward function a recipe's `builtin:` names (config.schema.BUILTIN_REWARDS lists them)."""
     if name == "debian_synopsis_rules":
         return debian_synopsis_rules
     if name == "rougeL":

@@ -117,9 +117,21 @@ def test_two_cpu_processes_of_dpo_end_with_identical_weights(write, tiny_model, 
     ranks' policies must be bit-identical."""
     path = write("dpo.yaml", DPO_RECIPE.format(model=tiny_model))
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--main_process_port", "29541", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29541",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
     env = dict(_env(workspace), ACCELERATE_USE_CPU="1")
     proc = subprocess.run(
         [*cmd, "-m", "tuneloop.train", str(path)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300

@@ -177,8 +177,14 @@ def _synthetic_campaign(name: str, items: int, overlap: int) -> None:
         }
         for i in range(items)
     ]
-    spec = {"name": name, "overlap": overlap, "tasks": {"pairwise": True, "rating": [], "rewrite": False},
-            "gold_threshold": 0.7, "gold_min_items": 5, "export": {}}  # fmt: skip
+    spec = {
+        "name": name,
+        "overlap": overlap,
+        "tasks": {"pairwise": True, "rating": [], "rewrite": False},
+        "gold_threshold": 0.7,
+        "gold_min_items": 5,
+        "export": {},
+    }
     store.save_campaign(spec, "Prefer the accurate answer.", "test", rows)
 
 
@@ -215,8 +221,11 @@ def test_fifty_raters_at_once_leave_exactly_their_votes(workspace):
     for v in votes:
         per_item[v["item_id"]] = per_item.get(v["item_id"], 0) + 1
     assert max(per_item.values()) <= 10  # overlap holds under concurrency
-    good = sum(v["value"]["winner"] is not None and store.item_rows("load")[v["item_id"]]["responses"][
-        v["value"]["winner"]]["model"] == "good" for v in votes[:200])  # fmt: skip
+    good = sum(
+        v["value"]["winner"] is not None
+        and store.item_rows("load")[v["item_id"]]["responses"][v["value"]["winner"]]["model"] == "good"
+        for v in votes[:200]
+    )
     assert good > 150  # raters preferring the reference picked the good answer (10% noise)
     print("load:", result.summary())
 

@@ -21,8 +21,23 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 def test_a_round_from_served_traffic_to_a_hot_swapped_champion(tiny_recipe, workspace, tmp_path):
     path = tiny_recipe("loopy", tail=LOOP)
     _cli(workspace, "run", str(path))  # models:/loopy/1 is the champion
-    ep = _start(workspace, ["models:/loopy@champion", "--engine", "transformers", "--name", "synopsis", "--no-auth",
-                            "--follow", "champion", "--poll", "1"], tmp_path / "serve.log", timeout=240)  # fmt: skip
+    ep = _start(
+        workspace,
+        [
+            "models:/loopy@champion",
+            "--engine",
+            "transformers",
+            "--name",
+            "synopsis",
+            "--no-auth",
+            "--follow",
+            "champion",
+            "--poll",
+            "1",
+        ],
+        tmp_path / "serve.log",
+        timeout=240,
+    )
     failures: list[str] = []
     versions: list[str] = []
     stop = threading.Event()

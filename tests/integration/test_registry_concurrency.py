@@ -70,8 +70,11 @@ tasks:
     env = {**os.environ, "TUNELOOP_HOME": str(workspace), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [TUNELOOP, "registry", "promote", "killed", "--version", "2", "--suite", str(suite)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     seen = b""
     deadline = time.monotonic() + 300
     while b"evaluating killed/" not in seen and time.monotonic() < deadline:

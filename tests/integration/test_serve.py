@@ -243,7 +243,7 @@ def test_keys_rate_limits_and_the_request_log(endpoint, key, home):
     raw_db = (home / "tuneloop.db").read_bytes() + (home / "tuneloop.db-wal").read_bytes()
     for secret in (key, limited, doomed):
         assert secret.split("_", 2)[2].encode() not in raw_db  # only salted hashes are stored
-    shown = _cli(home, "serve", "requests", "--last", "3").stdout
+    shown = _cli(home, "serve", "requests", "--limit", "3").stdout
     assert "svc/1" in shown
 
 

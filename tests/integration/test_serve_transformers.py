@@ -59,8 +59,9 @@ def test_an_application_rates_an_answer_with_the_key_that_asked_for_it(tiny_mode
 
     key, made = create_key("app")
     other, _ = create_key("other-app")
-    ep = _start(workspace, [str(tiny_model), "--engine", "transformers", "--name", "tiny"], tmp_path / "serve.log",
-                timeout=180)  # fmt: skip
+    ep = _start(
+        workspace, [str(tiny_model), "--engine", "transformers", "--name", "tiny"], tmp_path / "serve.log", timeout=180
+    )
 
     def rate(secret: str | None, body: dict) -> httpx.Response:
         headers = {"authorization": f"Bearer {secret}"} if secret else {}

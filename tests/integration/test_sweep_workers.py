@@ -64,8 +64,12 @@ def _study(url: str):
 
 def test_four_workers_share_one_study_without_lost_or_duplicated_trials(postgres, tmp_path):
     table = _table(tmp_path / "table.json")
-    sweep = {"objectives": [{"metric": "synopsis/rougeL"}, {"cost": "money"}], "budget": {"trials": 44},
-             "sampler": "random", "pruning": {"every_steps": 2}}  # fmt: skip
+    sweep = {
+        "objectives": [{"metric": "synopsis/rougeL"}, {"cost": "money"}],
+        "budget": {"trials": 44},
+        "sampler": "random",
+        "pruning": {"every_steps": 2},
+    }
     workers = [_start(postgres, table, sweep, 0.1, 5) for _ in range(4)]
     for w in workers:
         out, _ = w.communicate(timeout=300)
@@ -90,8 +94,12 @@ def test_four_workers_share_one_study_without_lost_or_duplicated_trials(postgres
 def test_a_killed_worker_s_trial_is_failed_by_the_heartbeat_and_retried_within_budget(postgres, tmp_path):
     table = _table(tmp_path / "table.json")
     budget = 1.0
-    sweep = {"objectives": [{"metric": "synopsis/rougeL"}, {"cost": "money"}], "budget": {"money": budget},
-             "sampler": "random", "seed": 1}  # fmt: skip
+    sweep = {
+        "objectives": [{"metric": "synopsis/rougeL"}, {"cost": "money"}],
+        "budget": {"money": budget},
+        "sampler": "random",
+        "seed": 1,
+    }
     victim = _start(postgres, table, sweep, 3.0, 1)
     deadline = time.time() + 60
     killed = None

@@ -62,8 +62,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def prompts() -> list:
-    from tuneloop.config.loader import load_suite
     from tuneloop.eval.tasks import load_task
+    from tuneloop.recipes import load_suite
 
     task = load_suite(REPO / "configs/eval/synopsis.yaml").tasks[0]
     assert task.name == "synopsis"

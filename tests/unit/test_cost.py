@@ -7,9 +7,9 @@ import json
 import pytest
 
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
 from tuneloop.cost import Price, account, describe, detect_device, load_prices, price_for, safetensors_params, total
 from tuneloop.errors import TuneloopError
+from tuneloop.recipes import load_recipe
 
 H100 = Price("h100", 3.0, "USD", 989e12, "table")
 RECIPE = """name: r

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
 from tuneloop.data import dedup as dd
 from tuneloop.data.prepare import prepare
 from tuneloop.errors import TuneloopError
+from tuneloop.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN = REPO / "data/debian-descriptions"
@@ -61,8 +61,10 @@ def test_near_duplicates_are_found_with_high_recall_and_few_false_positives(caps
     false = [p for p in reported if dd.jaccard(texts[p[0]], texts[p[1]]) < 0.8]
     fp_rate = len(false) / max(1, len(reported))
     with capsys.disabled():
-        print(f"\nnear-dup: recall {recall:.3f} on {len(pairs)} planted pairs, {len(reported)} reported, "
-              f"false-positive rate {fp_rate:.3f} (exact Jaccard < 0.8)")  # fmt: skip
+        print(
+            f"\nnear-dup: recall {recall:.3f} on {len(pairs)} planted pairs, {len(reported)} reported, "
+            f"false-positive rate {fp_rate:.3f} (exact Jaccard < 0.8)"
+        )
     assert recall >= 0.95
     assert fp_rate <= 0.1
 
@@ -106,10 +108,14 @@ def files(tmp_path):
     train, test = _rows("train")[:300], _rows("test")[:60]
     long_tests = [r for r in test if len(r["description"].split()) >= 60][:10]
     planted = [dict(train[i], package=f"copy{i}") for i in range(5)]  # exact duplicates
-    planted += [dict(train[i], package=f"near{i}", description=_edit(train[i]["description"], rng, 1))
-                for i in range(10, 40) if len(train[i]["description"].split()) >= 60][:5]  # fmt: skip
-    leaked = [dict(r, package=f"leak-{r['package']}", description=_edit(r["description"], rng, 1))
-              for r in long_tests[:6]]  # fmt: skip
+    planted += [
+        dict(train[i], package=f"near{i}", description=_edit(train[i]["description"], rng, 1))
+        for i in range(10, 40)
+        if len(train[i]["description"].split()) >= 60
+    ][:5]
+    leaked = [
+        dict(r, package=f"leak-{r['package']}", description=_edit(r["description"], rng, 1)) for r in long_tests[:6]
+    ]
     leaked += [dict(r, package=f"same-{r['package']}") for r in long_tests[6:9]]
     _write_jsonl(tmp_path / "train.jsonl", train + planted + leaked)
     _write_jsonl(tmp_path / "validation.jsonl", _rows("validation")[:40])
@@ -165,8 +171,9 @@ def test_cache_is_hit_on_rerun_and_missed_after_a_change(write, files):
 
 
 def test_grouped_split_keeps_each_group_in_one_split(write, files):
-    path = _recipe(write, "    - {step: split, by: section, seed: 5, fractions: {train: 0.6, validation: 0.2, "
-                          "test: 0.2}}\n")  # fmt: skip
+    path = _recipe(
+        write, "    - {step: split, by: section, seed: 5, fractions: {train: 0.6, validation: 0.2, test: 0.2}}\n"
+    )
     done = prepare(load_recipe(path).data, path.parent)
     _adds_up(done.steps[0])
     owner = {}
@@ -178,8 +185,9 @@ def test_grouped_split_keeps_each_group_in_one_split(write, files):
 
 def test_mix_draws_the_weighted_shares(write, files, tmp_path):
     _write_jsonl(tmp_path / "extra.jsonl", [dict(r, package=f"x-{r['package']}") for r in _rows("validation")[:50]])
-    path = _recipe(write, "    - {step: mix, rows: 200, weight: 3, seed: 1, sources: "
-                          "[{source: extra.jsonl, weight: 1}]}\n")  # fmt: skip
+    path = _recipe(
+        write, "    - {step: mix, rows: 200, weight: 3, seed: 1, sources: [{source: extra.jsonl, weight: 1}]}\n"
+    )
     done = prepare(load_recipe(path).data, path.parent)
     report = done.steps[0]
     _adds_up(report)
@@ -265,12 +273,15 @@ def test_bad_steps_fail_at_validation_with_file_line_and_key(write, files, steps
 
 
 def test_missing_source_fails_at_validation(write):
-    path = write("r.yaml", """
+    path = write(
+        "r.yaml",
+        """
         name: nosrc
         base_model: smollm2-135m-instruct
         data: {source: nothere.jsonl, prepare: [{step: dedup}]}
         stages: [{name: sft, method: sft}]
-        """)  # fmt: skip
+        """,
+    )
     with pytest.raises(RecipeError, match="does not exist"):
         load_recipe(path)
 
@@ -313,8 +324,22 @@ def test_inspect_reports_problems_overlap_labels_and_escapes_html(tmp_path):
     _write_jsonl(tmp_path / "train.jsonl", rows)
     _write_jsonl(tmp_path / "test.jsonl", test)
     out = tmp_path / "report"
-    result = CliRunner().invoke(app, ["data", "inspect", str(tmp_path), "--column", "description",
-                                      "--label", "section", "--tokenizer", "none", "-o", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "inspect",
+            str(tmp_path),
+            "--column",
+            "description",
+            "--label",
+            "section",
+            "--tokenizer",
+            "none",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     train, tst = report["splits"]["train"], report["splits"]["test"]

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from tests.conftest import build_tiny_model
 from tuneloop import pipeline
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
 from tuneloop.models.loading import kept_layers
+from tuneloop.recipes import load_recipe
 
 
 @pytest.fixture(scope="module")

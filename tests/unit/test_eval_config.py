@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe, load_suite
+from tuneloop.recipes import load_recipe, load_suite
 
 REPO = Path(__file__).resolve().parents[2]
 SUITES = sorted((REPO / "configs" / "eval").glob("*.yaml"))

@@ -172,7 +172,7 @@ def test_perplexity_is_the_loss_on_completion_tokens_only(tiny_model):
     import torch
 
     from tuneloop.eval.backends import TransformersBackend
-    from tuneloop.eval.models import load_for_eval, resolve_model
+    from tuneloop.models.references import load_for_eval, resolve_model
 
     lm, tok = load_for_eval(resolve_model(str(tiny_model), Path()))
     backend = TransformersBackend(str(tiny_model), tok, lm)
@@ -326,7 +326,7 @@ tasks:
 
 def test_reward_score_without_a_reward_model_is_refused(write):
     from tuneloop.config.errors import RecipeError
-    from tuneloop.config.loader import load_suite
+    from tuneloop.recipes import load_suite
 
     suite = write(
         "suite.yaml",
@@ -353,9 +353,15 @@ def test_preference_accuracy_scores_how_often_the_chosen_answer_is_likelier(tiny
         for i, r in enumerate(rows):
             good, bad = r["synopsis"], rows[(i + 1) % len(rows)]["synopsis"] + " and more words here"
             chosen, rejected = (bad, good) if flip else (good, bad)
-            out.append(json.dumps({"prompt": [{"role": "user", "content": r["description"]}],
-                                   "chosen": [{"role": "assistant", "content": chosen}],
-                                   "rejected": [{"role": "assistant", "content": rejected}]}))  # fmt: skip
+            out.append(
+                json.dumps(
+                    {
+                        "prompt": [{"role": "user", "content": r["description"]}],
+                        "chosen": [{"role": "assistant", "content": chosen}],
+                        "rejected": [{"role": "assistant", "content": rejected}],
+                    }
+                )
+            )
         return "\n".join(out) + "\n"
 
     write("votes/test.jsonl", pairs(False))

@@ -76,6 +76,10 @@ def test_migrations_reach_the_schema_the_code_queries(database):
     from alembic.migration import MigrationContext
 
     from tuneloop import db
+    from tuneloop.feedback import store as _feedback  # noqa: F401  (each store declares its tables on db.metadata)
+    from tuneloop.loop import store as _loop  # noqa: F401
+    from tuneloop.monitor import store as _monitor  # noqa: F401
+    from tuneloop.serve import store as _serve  # noqa: F401
 
     with db.engine().connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"version_table": db.VERSION_TABLE})
@@ -102,14 +106,25 @@ def test_anonymous_ratings_stored_twice_before_0006_keep_the_newest_and_stay_one
             conn.execute(add, {"r": request_id, "k": key_id, "v": rating})
     old.dispose()
     from tuneloop import db
+    from tuneloop.feedback import store as _feedback  # noqa: F401  (each store declares its tables on db.metadata)
+    from tuneloop.loop import store as _loop  # noqa: F401
+    from tuneloop.monitor import store as _monitor  # noqa: F401
+    from tuneloop.serve import store as _serve  # noqa: F401
 
     with db.engine().connect() as conn:
         kept = conn.execute(sa.text("SELECT request_id, key_id, rating FROM served_feedback ORDER BY id")).all()
-    assert [tuple(r) for r in kept] == [("r1", None, "down"), ("r2", None, "up"), ("r1", "k1", "up"),
-                                        ("r1", "k2", "up")]  # fmt: skip
+    assert [tuple(r) for r in kept] == [
+        ("r1", None, "down"),
+        ("r2", None, "up"),
+        ("r1", "k1", "up"),
+        ("r1", "k2", "up"),
+    ]
     with pytest.raises(sa.exc.IntegrityError), db.engine().begin() as conn:
-        conn.execute(sa.text("INSERT INTO served_feedback (request_id, key_id, rating, ts) VALUES "
-                             "('r2', NULL, 'down', '2026-01-02')"))  # fmt: skip
+        conn.execute(
+            sa.text(
+                "INSERT INTO served_feedback (request_id, key_id, rating, ts) VALUES ('r2', NULL, 'down', '2026-01-02')"
+            )
+        )
 
 
 def test_a_database_from_before_migrations_keeps_its_rows(workspace):
@@ -124,6 +139,10 @@ def test_a_database_from_before_migrations_keeps_its_rows(workspace):
         conn.execute(sa.text("INSERT INTO api_keys VALUES ('k1','ci','s','d',NULL,'2026-01-01','me',NULL)"))
     old.dispose()
     from tuneloop import db
+    from tuneloop.feedback import store as _feedback  # noqa: F401  (each store declares its tables on db.metadata)
+    from tuneloop.loop import store as _loop  # noqa: F401
+    from tuneloop.monitor import store as _monitor  # noqa: F401
+    from tuneloop.serve import store as _serve  # noqa: F401
 
     with db.engine().connect() as conn:
         assert conn.execute(sa.text("SELECT name FROM api_keys")).scalars().all() == ["ci"]
@@ -159,6 +178,10 @@ def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
         assert invoke("feedback", "raters", "add", name, "--password-stdin", stdin="correct horse\n").exit_code == 0
     assert store.check_password("ann", "correct horse") and not store.check_password("ann", "wrong horse")
     from tuneloop import db
+    from tuneloop.feedback import store as _feedback  # noqa: F401  (each store declares its tables on db.metadata)
+    from tuneloop.loop import store as _loop  # noqa: F401
+    from tuneloop.monitor import store as _monitor  # noqa: F401
+    from tuneloop.serve import store as _serve  # noqa: F401
 
     with db.engine().connect() as conn:
         hashes = conn.execute(store.raters.select()).all()
@@ -225,7 +248,7 @@ def test_campaign_from_create_to_export(database, campaign_file, tmp_path):
     assert json.loads(status.output)["tasks"]["pairwise"]["complete_items"] == 9
 
     out = tmp_path / "dpo"
-    result = invoke("feedback", "export", "tiny-campaign", "--format", "dpo", "--out", str(out))
+    result = invoke("feedback", "export", "tiny-campaign", "--format", "dpo", "--output", str(out))
     assert result.exit_code == 0, result.output
     assert "excluded flagged raters: cat" in result.output
     rows = [json.loads(line) for line in (out / "train.jsonl").open()]
@@ -265,7 +288,7 @@ def _train_one_step_on(tmp_path: Path, exports: dict[str, Path], here: Path) -> 
     from safetensors.torch import load_file
 
     from tuneloop import pipeline
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
 
     tiny = tmp_path / "second"  # one of the campaign's two tiny models
     for method, source in exports.items():
@@ -330,12 +353,22 @@ def _log_requests(records: list[dict]) -> None:
         chat = "messages" in r["body"]
         text = r.get("output", f"answer {i}")
         raw = {"choices": [{"message": {"role": "assistant", "content": text}} if chat else {"text": text}]}
-        log.append({
-            "request_id": f"req-{i}", "ts": datetime.now(UTC) - timedelta(minutes=r.get("age_min", 1)),
-            "key_id": "k1", "endpoint": "chat.completions" if chat else "completions",
-            "model": r.get("model", "synopsis"), "version": "3", "stream": False, "status": r.get("status", 200),
-            "latency_ms": 5.0, "ttft_ms": None, "body": r["body"], "raw": json.dumps(raw).encode(),
-        })  # fmt: skip
+        log.append(
+            {
+                "request_id": f"req-{i}",
+                "ts": datetime.now(UTC) - timedelta(minutes=r.get("age_min", 1)),
+                "key_id": "k1",
+                "endpoint": "chat.completions" if chat else "completions",
+                "model": r.get("model", "synopsis"),
+                "version": "3",
+                "stream": False,
+                "status": r.get("status", 200),
+                "latency_ms": 5.0,
+                "ttft_ms": None,
+                "body": r["body"],
+                "raw": json.dumps(raw).encode(),
+            }
+        )
     log.close()
 
 
@@ -345,17 +378,19 @@ def test_campaign_prompts_sampled_from_served_traffic(database, write, tiny_mode
     def chat(text: str) -> dict:
         return {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": text}]}
 
-    _log_requests([
-        {"body": chat("Describe package foo")},
-        {"body": chat("Describe package foo"), "output": "again"},  # an exact repeat: dropped
-        {"body": {"prompt": "Describe package bar"}},
-        {"body": chat("Describe package baz"), "status": 400},  # failed: passed over
-        {"body": chat("Describe package old"), "age_min": 180},  # outside `since: 1h`
-        {"body": chat("Describe package other-model"), "model": "other"},
-        {"body": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}},
-        {"body": chat("Describe package qux")},
-        {"body": {"prompt": [1, 2, 3]}},  # token ids: not replayable as text
-    ])  # fmt: skip
+    _log_requests(
+        [
+            {"body": chat("Describe package foo")},
+            {"body": chat("Describe package foo"), "output": "again"},  # an exact repeat: dropped
+            {"body": {"prompt": "Describe package bar"}},
+            {"body": chat("Describe package baz"), "status": 400},  # failed: passed over
+            {"body": chat("Describe package old"), "age_min": 180},  # outside `since: 1h`
+            {"body": chat("Describe package other-model"), "model": "other"},
+            {"body": {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}},
+            {"body": chat("Describe package qux")},
+            {"body": {"prompt": [1, 2, 3]}},  # token ids: not replayable as text
+        ]
+    )
     path = write("traffic.yaml", TRAFFIC_CAMPAIGN.format(model=tiny_model))
     result = invoke("feedback", "create", str(path))
     assert result.exit_code == 0, result.output
@@ -419,6 +454,6 @@ feedback:
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[2] / "configs/feedback").glob("*.yaml")), ids=str)
 def test_every_shipped_campaign_validates(path):
-    from tuneloop.config.loader import load_campaign
+    from tuneloop.recipes import load_campaign
 
     assert load_campaign(path).models

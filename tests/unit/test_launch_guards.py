@@ -50,8 +50,13 @@ def test_the_request_reads_zero_stage_and_offload_from_the_profiles_deepspeed_js
 
 
 def test_what_runs_must_be_what_was_asked():
-    mode = {"distributed_type": "MULTI_CPU", "engine": "DistributedDataParallel", "world_size": 2,
-            "zero_stage": None, "fsdp": False}  # fmt: skip
+    mode = {
+        "distributed_type": "MULTI_CPU",
+        "engine": "DistributedDataParallel",
+        "world_size": 2,
+        "zero_stage": None,
+        "fsdp": False,
+    }
     with pytest.raises(TuneloopError, match="asked for DeepSpeed but the trainer runs MULTI_CPU"):
         verify(Request(world_size=2, deepspeed=True, zero_stage=3), mode)
     zero2 = {**mode, "distributed_type": "DEEPSPEED", "engine": "DeepSpeedEngine", "zero_stage": 2}

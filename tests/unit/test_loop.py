@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
 from tuneloop.errors import TuneloopError
+from tuneloop.recipes import load_recipe
 
 runner = CliRunner()
 
@@ -46,10 +46,22 @@ def _traffic(n: int, tag: str) -> None:
     for i in range(n):
         body = {"model": "synopsis", "messages": [{"role": "user", "content": f"Describe package {tag}-{i} for me"}]}
         raw = {"choices": [{"message": {"role": "assistant", "content": f"tool {i}"}}]}
-        log.append({"request_id": f"{tag}-{i}", "ts": datetime.now(UTC) - timedelta(seconds=1), "key_id": None,
-                    "endpoint": "chat.completions", "model": "synopsis", "version": "1", "stream": False,
-                    "status": 200, "latency_ms": 5.0, "ttft_ms": None, "body": body,
-                    "raw": json.dumps(raw).encode()})  # fmt: skip
+        log.append(
+            {
+                "request_id": f"{tag}-{i}",
+                "ts": datetime.now(UTC) - timedelta(seconds=1),
+                "key_id": None,
+                "endpoint": "chat.completions",
+                "model": "synopsis",
+                "version": "1",
+                "stream": False,
+                "status": 200,
+                "latency_ms": 5.0,
+                "ttft_ms": None,
+                "body": body,
+                "raw": json.dumps(raw).encode(),
+            }
+        )
     log.close()
 
 
@@ -83,7 +95,7 @@ def _round(path, sets=None, **kw):
 
 
 def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
-    from tuneloop.registry.materialize import get_version
+    from tuneloop.models.registered import get_version
     from tuneloop.tracking import store as tracking
 
     _traffic(6, "first")
@@ -127,15 +139,19 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
 
     # round 2 judges only traffic after round 1 started, and its challenger (learning rate 0: no better) is refused
     _traffic(5, "second")
-    strict = ["evaluation.gate=[{metric: perplexity, must_improve: true, p_value: 0.05}]",
-              "loop.retrain=[{name: dpo, method: dpo, args: {learning_rate: 0.0, max_steps: 1, max_length: 128, "
-              "per_device_train_batch_size: 2, save_steps: 100}}]"]  # fmt: skip
+    strict = [
+        "evaluation.gate=[{metric: perplexity, must_improve: true, p_value: 0.05}]",
+        "loop.retrain=[{name: dpo, method: dpo, args: {learning_rate: 0.0, max_steps: 1, max_length: 128, "
+        "per_device_train_batch_size: 2, save_steps: 100}}]",
+    ]
     second = _round(looped, strict, wait=False)
     assert second["number"] == 2 and second["status"] == "waiting"
     from tuneloop.feedback import store as fb
 
-    prompts = [json.loads(it["prompt"]) if isinstance(it["prompt"], str) else it["prompt"]
-               for it in fb.item_rows("loopy-r2").values()]  # fmt: skip
+    prompts = [
+        json.loads(it["prompt"]) if isinstance(it["prompt"], str) else it["prompt"]
+        for it in fb.item_rows("loopy-r2").values()
+    ]
     assert len(prompts) == 5 and all("second-" in p[-1]["content"] for p in prompts)
     _vote_all("loopy-r2")
     refused = _round(looped, strict)
@@ -154,13 +170,15 @@ def test_rounds_wait_for_votes_retrain_promote_and_refuse(looped):
 def test_a_round_trains_under_its_launcher_and_judges_in_its_own_process(looped, monkeypatch):
     """`loop.launch`: two accelerate processes train the challenger (gloo on CPU, as on GPUs with NCCL); the
     round's process evaluates, registers and promotes it, and the training run joins the round's run."""
-    from tuneloop.registry.materialize import get_version
+    from tuneloop.models.registered import get_version
     from tuneloop.tracking import store as tracking
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     _traffic(6, "launch")
-    launcher = ("loop.launch=accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
-                "--dynamo_backend no --main_process_port 29563")  # fmt: skip
+    launcher = (
+        "loop.launch=accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no "
+        "--dynamo_backend no --main_process_port 29563"
+    )
     sets = ["evaluation.gate=[{metric: perplexity, max_drop: 1000}]", launcher]
     _round(looped, sets, wait=False)
     _vote_all("loopy-r1")
@@ -183,8 +201,11 @@ def test_a_round_trains_under_its_launcher_and_judges_in_its_own_process(looped,
 
 def test_a_bad_launcher_is_refused_at_validation(tiny_recipe):
     path = tiny_recipe("loopy", tail=LOOP)
-    for value, message in (("''", "an empty launcher"), ("accelerate launch -m tuneloop.train", "the launcher only"),
-                           ("'accelerate \"launch'", "cannot split")):  # fmt: skip
+    for value, message in (
+        ("''", "an empty launcher"),
+        ("accelerate launch -m tuneloop.train", "the launcher only"),
+        ("'accelerate \"launch'", "cannot split"),
+    ):
         with pytest.raises(RecipeError) as e:
             load_recipe(path, [f"loop.launch={value}"])
         assert "loop.launch" in str(e.value) and message in str(e.value), str(e.value)
@@ -304,8 +325,10 @@ def test_the_monitor_starts_a_round_and_later_checks_finish_it(tiny_recipe):
     votes; the next checks move it on without waiting, until the challenger is judged."""
     from tuneloop.serve.store import rate_request
 
-    monitor = ("monitor:\n  window: {since: 1h, model: synopsis, min_requests: 1000}\n"
-               "  triggers: {drift: false, thumbs_down: {above: 0.5, min_ratings: 3}}\n")  # fmt: skip
+    monitor = (
+        "monitor:\n  window: {since: 1h, model: synopsis, min_requests: 1000}\n"
+        "  triggers: {drift: false, thumbs_down: {above: 0.5, min_ratings: 3}}\n"
+    )
     path = tiny_recipe("loopy", tail=LOOP + monitor)
     assert runner.invoke(app, ["run", str(path)]).exit_code == 0
     _traffic(6, "rated")
@@ -360,14 +383,28 @@ def test_simulated_raters_know_each_debian_prompts_package_and_synopsis(workspac
     rows = [json.loads(line) for line in builtin.split_file("debian-descriptions", "test").open()][:2]
     answer = {"model": "m", "model_ref": "r", "model_version": None, "tokens": 2, "correct": None}
     items = [
-        {"prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": rows[0]["description"]}],
-         "reference": None, "source": {"requests": {"id": 1}}, "gold": False,
-         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
-        {"prompt": rows[1]["description"], "reference": "own reference", "source": {"row": 1}, "gold": False,
-         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
-        {"prompt": "not a Debian description", "reference": "ref", "source": {"row": 2}, "gold": False,
-         "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}]},
-    ]  # fmt: skip
+        {
+            "prompt": [{"role": "system", "content": "be brief"}, {"role": "user", "content": rows[0]["description"]}],
+            "reference": None,
+            "source": {"requests": {"id": 1}},
+            "gold": False,
+            "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}],
+        },
+        {
+            "prompt": rows[1]["description"],
+            "reference": "own reference",
+            "source": {"row": 1},
+            "gold": False,
+            "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}],
+        },
+        {
+            "prompt": "not a Debian description",
+            "reference": "ref",
+            "source": {"row": 2},
+            "gold": False,
+            "responses": [{**answer, "text": "a"}, {**answer, "model": "n", "text": "b"}],
+        },
+    ]
     spec = {"name": "facts", "overlap": 1, "tasks": {"pairwise": True, "rating": [], "rewrite": False}}
     store.save_campaign(spec, "guidelines", "tests", items)
     references, packages = prompt_facts("facts")

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
 from tuneloop.monitor import drift as D
+from tuneloop.recipes import load_recipe
 
 runner = CliRunner()
 DATA = Path(__file__).resolve().parents[2] / "data" / "debian-descriptions"
@@ -39,15 +39,29 @@ def _log(rows: list[dict], prefix: str = "r", age_min: float = 1, answer=None) -
     log = RequestLog()
     ids = []
     for i, r in enumerate(rows):
-        body = {"model": "synopsis", "messages": [{"role": "system", "content": SYSTEM},
-                                                  {"role": "user", "content": r["description"]}]}  # fmt: skip
+        body = {
+            "model": "synopsis",
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": r["description"]}],
+        }
         text = answer(i, r) if answer else r["synopsis"]
         raw = {"choices": [{"message": {"role": "assistant", "content": text}}]}
         ids.append(f"{prefix}-{i}")
-        log.append({"request_id": ids[-1], "ts": datetime.now(UTC) - timedelta(minutes=age_min), "key_id": None,
-                    "endpoint": "chat.completions", "model": "synopsis", "version": "1", "stream": False,
-                    "status": 200, "latency_ms": 5.0, "ttft_ms": None, "body": body,
-                    "raw": json.dumps(raw).encode()})  # fmt: skip
+        log.append(
+            {
+                "request_id": ids[-1],
+                "ts": datetime.now(UTC) - timedelta(minutes=age_min),
+                "key_id": None,
+                "endpoint": "chat.completions",
+                "model": "synopsis",
+                "version": "1",
+                "stream": False,
+                "status": 200,
+                "latency_ms": 5.0,
+                "ttft_ms": None,
+                "body": body,
+                "raw": json.dumps(raw).encode(),
+            }
+        )
     log.close()
     return ids
 
@@ -103,9 +117,17 @@ def test_monitor_section_errors_name_the_key_and_line(write, tiny_model):
     with pytest.raises(RecipeError) as e:
         load_recipe(path)
     text = str(e.value)
-    for expected in ("monitor.window.since", "'yesterday' is not a duration",
-                     "monitor.reference", "needs `since`", "monitor.drift.descriptors", "toxicity",
-                     "monitor.drift.embedding_auc", "monitor.triggers.every", "'weekly'"):  # fmt: skip
+    for expected in (
+        "monitor.window.since",
+        "'yesterday' is not a duration",
+        "monitor.reference",
+        "needs `since`",
+        "monitor.drift.descriptors",
+        "toxicity",
+        "monitor.drift.embedding_auc",
+        "monitor.triggers.every",
+        "'weekly'",
+    ):
         assert expected in text, (expected, text)
     assert "bad.yaml:6 monitor.window.since" in text  # the line of the key
     path = write(
@@ -148,8 +170,10 @@ def test_embedding_drift_finds_a_shift_and_rarely_cries_wolf():
 def test_descriptors_test_lengths_and_rates_and_skip_what_they_cannot_compare():
     reference = D.Texts(["a library for parsing xml"] * 200, ["XML parsing library"] * 200)
     refusals = ["I'm sorry, I can't help with that."] * 30
-    window = D.Texts(["a library for parsing xml"] * 60 + ["play chess " * 30] * 40,
-                     refusals + [""] * 20 + ["XML parsing library"] * 50)  # fmt: skip
+    window = D.Texts(
+        ["a library for parsing xml"] * 60 + ["play chess " * 30] * 40,
+        refusals + [""] * 20 + ["XML parsing library"] * 50,
+    )
     names = ["prompt_length", "output_length", "refusal_rate", "empty_rate"]
     rows = {r["descriptor"]: r for r in D.descriptor_drift(reference, window, names, 0.05)}
     assert all(rows[n]["drift"] for n in rows), rows
@@ -157,13 +181,18 @@ def test_descriptors_test_lengths_and_rates_and_skip_what_they_cannot_compare():
     assert rows["empty_rate"]["window"] == pytest.approx(0.2)
     verdict = D.verdict(None, list(rows.values()), 0.5)
     assert verdict["drift"] and "4 of 4 descriptors drifted" in verdict["reasons"][0]
-    same = D.descriptor_drift(reference, D.Texts(reference.prompts[:50], reference.outputs[:50]),
-                              ["prompt_length", "refusal_rate"], 0.05)  # fmt: skip
+    same = D.descriptor_drift(
+        reference, D.Texts(reference.prompts[:50], reference.outputs[:50]), ["prompt_length", "refusal_rate"], 0.05
+    )
     assert not any(r["drift"] for r in same)
     skipped = D.descriptor_drift(D.Texts(["x y"] * 20), window, ["output_length"], 0.05)
     assert "skipped" in skipped[0] and "drift" not in skipped[0]
-    chat = [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
-            {"role": "assistant", "content": "a"}, {"role": "user", "content": "u2"}]  # fmt: skip
+    chat = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "u2"},
+    ]
     assert D.last_user_turn(chat) == "u2"
 
 
@@ -194,8 +223,9 @@ def test_drifted_traffic_fires_then_the_cooldown_holds_and_everything_is_recorde
     saved = json.loads((Path(first["path"]) / "report.json").read_text())
     assert saved["decision"] == "fired" and saved["window"]["requests"] == 60
     client = tracking.client()
-    run = client.search_runs([client.get_experiment_by_name("watch").experiment_id],
-                             "tags.`tuneloop.monitor` = 'watch'")  # fmt: skip
+    run = client.search_runs(
+        [client.get_experiment_by_name("watch").experiment_id], "tags.`tuneloop.monitor` = 'watch'"
+    )
     assert len(run) == 1  # one long-lived run, a step per check
     assert len(client.get_metric_history(run[0].info.run_id, "embedding_auc")) == 3
 
@@ -248,19 +278,41 @@ def test_new_votes_on_the_watched_model_fire(monitored):
     now = datetime.now(UTC)
     with db.engine().begin() as c:
         c.execute(insert(fb.raters).values(name="ann", password_hash="x", role="rater", created_at=now))
-        c.execute(insert(fb.campaigns).values(name="c1", spec="{}", guidelines="", guidelines_sha="0", status="open",
-                                              created_at=now, created_by="t"))  # fmt: skip
-        for i, ref in enumerate(["models:/watch@champion", "models:/other@champion", "models:/watch/3",
-                                 "request-log#synopsis"]):  # fmt: skip
+        c.execute(
+            insert(fb.campaigns).values(
+                name="c1", spec="{}", guidelines="", guidelines_sha="0", status="open", created_at=now, created_by="t"
+            )
+        )
+        for i, ref in enumerate(
+            ["models:/watch@champion", "models:/other@champion", "models:/watch/3", "request-log#synopsis"]
+        ):
             item = c.execute(insert(fb.items).values(campaign="c1", position=i, prompt="p", source="{}", gold=False))
             item_id = item.inserted_primary_key[0]
             resp = c.execute(insert(fb.responses).values(item_id=item_id, model="m", model_ref=ref, text="t"))
-            a = c.execute(insert(fb.assignments).values(item_id=item_id, rater="ann", task="rating",
-                                                        left_id=resp.inserted_primary_key[0], swapped=False,
-                                                        shown_at=now))  # fmt: skip
-            c.execute(insert(fb.votes).values(idempotency_key=f"k{i}", assignment_id=a.inserted_primary_key[0],
-                                              campaign="c1", item_id=item_id, rater="ann", task="rating", value="{}",
-                                              guidelines_sha="0", shown_at=now, submitted_at=now))  # fmt: skip
+            a = c.execute(
+                insert(fb.assignments).values(
+                    item_id=item_id,
+                    rater="ann",
+                    task="rating",
+                    left_id=resp.inserted_primary_key[0],
+                    swapped=False,
+                    shown_at=now,
+                )
+            )
+            c.execute(
+                insert(fb.votes).values(
+                    idempotency_key=f"k{i}",
+                    assignment_id=a.inserted_primary_key[0],
+                    campaign="c1",
+                    item_id=item_id,
+                    rater="ann",
+                    task="rating",
+                    value="{}",
+                    guidelines_sha="0",
+                    shown_at=now,
+                    submitted_at=now,
+                )
+            )
     assert _check(path)["signals"]["new_votes"] == 2  # watch@champion and watch/3; not other@champion
     served = ["monitor.window.model=synopsis"]  # ... and answers sampled from the traffic of the served name
     report = _check(path, sets=served)
@@ -296,8 +348,9 @@ def test_the_champions_training_data_is_the_default_reference(tiny_recipe, write
 def test_cli_once_json_and_history(monitored):
     path = monitored()
     _log(_debian(("games", "science"))[:50])
-    result = runner.invoke(app, ["monitor", str(path), "--once", "--json", "--set",
-                                 "monitor.drift.descriptors=[language, prompt_length]"])  # fmt: skip
+    result = runner.invoke(
+        app, ["monitor", str(path), "--once", "--json", "--set", "monitor.drift.descriptors=[language, prompt_length]"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{") :])
     assert report["decision"] == "fired"

@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import build_tiny_model
 from tuneloop import pipeline
-from tuneloop.config.loader import load_recipe
 from tuneloop.config.schema import ModelRef, Peft
 from tuneloop.models.loading import load_model, memory_footprint
+from tuneloop.recipes import load_recipe
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

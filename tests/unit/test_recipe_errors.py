@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
+from tuneloop.recipes import load_recipe
 
 GOOD = """
 name: demo

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe, resolved_yaml
+from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.yamlsource import load_located
+from tuneloop.recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,12 +109,17 @@ def test_a_resolved_recipe_keeps_what_eval_split_meant(write, tiny_model):
     write("both/validation.jsonl", rows)
     for source, eval_split in (("only-train", "default"), ("both", "null")):
         line = "" if eval_split == "default" else f"eval_split: {eval_split}, "
-        recipe = load_recipe(write(f"{source}.yaml", f"""
+        recipe = load_recipe(
+            write(
+                f"{source}.yaml",
+                f"""
             name: r
             base_model: {tiny_model}
             data: {{source: {source}, {line}format: {{prompt: "{{prompt}}", completion: "{{completion}}"}}}}
             stages: [{{name: sft, method: sft}}]
-            """))  # fmt: skip
+            """,
+            )
+        )
         again = load_recipe(write(f"{source}-resolved.yaml", resolved_yaml(recipe)))
         assert again.data.eval_split == recipe.data.eval_split
         assert ("eval_split" in again.data.model_fields_set) == (eval_split != "default")

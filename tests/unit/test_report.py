@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tuneloop.eval.report import print_summary, summary_rows, write_reports
+from tuneloop.eval.summary import print_summary, summary_rows, write_reports
 
 REPO = Path(__file__).resolve().parents[2]
 XSS = "<script>alert(1)</script>"

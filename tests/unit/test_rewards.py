@@ -37,8 +37,9 @@ def test_rule_reward_takes_chat_completions_and_dataset_columns():
         [{"role": "assistant", "content": "The imgresize tool."}],
         [{"role": "assistant", "content": ""}],
     ]
-    scores = debian_synopsis_rules(prompts=[None] * 3, completions=completions, completion_ids=None,
-                                   package=["imgresize"] * 3)  # fmt: skip
+    scores = debian_synopsis_rules(
+        prompts=[None] * 3, completions=completions, completion_ids=None, package=["imgresize"] * 3
+    )
     assert scores == [1.0, pytest.approx(1 - 3 / 5), 0.0]
 
 
@@ -53,10 +54,20 @@ def test_rouge_reward_reads_the_reference_column_and_skips_missing_ones():
 def test_real_synopses_mostly_follow_the_rules_and_the_metric_says_so():
     rows = [json.loads(line) for line in builtin.split_file("debian-descriptions", "test").open()][:200]
     preds = [r["synopsis"] for r in rows]
-    ok = generation_metrics(preds, [[p] for p in preds], ["synopsis_rules"], resamples=100,
-                            columns={"package": [r["package"] for r in rows]})["synopsis_rules"]  # fmt: skip
+    ok = generation_metrics(
+        preds,
+        [[p] for p in preds],
+        ["synopsis_rules"],
+        resamples=100,
+        columns={"package": [r["package"] for r in rows]},
+    )["synopsis_rules"]
     assert ok.value > 95 and ok.ci_low <= ok.value <= ok.ci_high
     sentences = [f"The {r['package']} package provides tools." for r in rows]
-    bad = generation_metrics(sentences, [[p] for p in preds], ["synopsis_rules"], resamples=100,
-                             columns={"package": [r["package"] for r in rows]})["synopsis_rules"]  # fmt: skip
+    bad = generation_metrics(
+        sentences,
+        [[p] for p in preds],
+        ["synopsis_rules"],
+        resamples=100,
+        columns={"package": [r["package"] for r in rows]},
+    )["synopsis_rules"]
     assert bad.value == 0

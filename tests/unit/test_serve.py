@@ -18,7 +18,8 @@ from tuneloop.config.errors import RecipeError
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.config import ServeConfig, engine_flags, load_serve_config
 from tuneloop.serve.engine import Deployment, Engine, Served, resolve
-from tuneloop.serve.gateway import Gateway, RateLimiter
+from tuneloop.serve.gateway import Gateway
+from tuneloop.serve.meters import RateLimiter
 from tuneloop.serve.http import rename_model
 from tuneloop.serve.store import (
     KeyRing,
@@ -262,10 +263,20 @@ def _served(request_id: str, key_id: str | None = None, model: str = "m", ts: da
     """A request record as the gateway hands it to the request log."""
     raw = json.dumps({"choices": [{"message": {"content": "an answer"}}]}).encode()
     return {
-        "request_id": request_id, "ts": ts or datetime.now(UTC), "key_id": key_id, "endpoint": "chat.completions",
-        "model": model, "version": "1", "stream": False, "status": 200, "latency_ms": 5.0, "ttft_ms": None,
-        "body": {"messages": [{"role": "user", "content": "hi"}]}, "raw": raw, "tokenizer": None,
-    }  # fmt: skip
+        "request_id": request_id,
+        "ts": ts or datetime.now(UTC),
+        "key_id": key_id,
+        "endpoint": "chat.completions",
+        "model": model,
+        "version": "1",
+        "stream": False,
+        "status": 200,
+        "latency_ms": 5.0,
+        "ttft_ms": None,
+        "body": {"messages": [{"role": "user", "content": "hi"}]},
+        "raw": raw,
+        "tokenizer": None,
+    }
 
 
 @pytest.fixture
@@ -317,8 +328,9 @@ def test_a_rating_sent_with_the_answer_finds_its_request_and_a_second_one_replac
     client, log, keys = gateway
     log.append(_served("req-1", keys["first_id"]))  # no wait: the log's thread has not written it yet
     assert _rate(client, keys["first"], {"request_id": "req-1", "rating": "up"}) == (
-        200, {"object": "feedback", "request_id": "req-1", "rating": "up"}
-    )  # fmt: skip
+        200,
+        {"object": "feedback", "request_id": "req-1", "rating": "up"},
+    )
     import openai  # the second rating as docs/serving.md sends it
 
     app = openai.OpenAI(base_url="http://testserver/v1", api_key=keys["first"], http_client=client, max_retries=0)

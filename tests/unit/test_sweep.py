@@ -157,7 +157,7 @@ def test_validate_checks_a_sweep_file_with_its_recipe(write, tiny_model):
 
 
 def test_default_space_puts_the_lora_learning_rate_ten_times_higher(write, tiny_model):
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
     from tuneloop.sweep.space import default_space
 
     path = _recipe(write, tiny_model, "    {}").read_text().replace("  space:\n    {}\n", "")

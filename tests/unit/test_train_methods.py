@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from tuneloop import pipeline
 from tuneloop.config.errors import RecipeError
-from tuneloop.config.loader import load_recipe
+from tuneloop.recipes import load_recipe
 
 RECIPE = """
 name: tiny-{method}

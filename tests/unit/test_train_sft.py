@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuneloop import pipeline
-from tuneloop.config.loader import load_recipe
+from tuneloop.recipes import load_recipe
 
 RECIPE = """
 name: tiny

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli.kit import err, fail, load_recipe_or_exit, out
+from tuneloop.cli.kit import SetOpt, err, fail, load_recipe_or_exit, out
 
 app = typer.Typer(
     help="Look at data before training on it (`inspect`) and run a recipe's `data.prepare` steps (`prepare`).",
@@ -73,7 +73,7 @@ def inspect_(
     ] = None,
     threshold: Annotated[float, typer.Option(help="Jaccard threshold for near duplicates.")] = 0.8,
     raw: Annotated[bool, typer.Option("--raw", help="A recipe's source as it is, without its prepare steps.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Rows, lengths, truncation, duplicates, train/eval overlap, languages, labels and format problems per split,
     in the terminal and as report.html (plots) and report.json."""
@@ -135,13 +135,13 @@ def _files(data) -> list[Path]:
 
 @app.command("prepare")
 def prepare_(
-    recipe_file: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe whose `data.prepare` steps to run.")],
+    recipe: Annotated[Path, typer.Argument(help="Recipe whose `data.prepare` steps to run.")],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Write the prepared dataset here (datasets.load_from_disk reads it)."),
     ] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every step.")] = False,
-    set_: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key.")] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Run the preparation steps alone: per-step counts, the fingerprint, and the dataset on disk."""
     from datasets import DatasetDict
@@ -149,18 +149,18 @@ def prepare_(
     from tuneloop.data.prepare import describe, prepare
     from tuneloop.errors import TuneloopError
 
-    recipe = load_recipe_or_exit(recipe_file, set_)
-    sections = [("data", recipe.data)] + [(f"stages.{s.name}.data", s.data) for s in recipe.stages if s.data]
+    loaded = load_recipe_or_exit(recipe, set_)
+    sections = [("data", loaded.data)] + [(f"stages.{s.name}.data", s.data) for s in loaded.stages if s.data]
     sections = [(where, d) for where, d in sections if d is not None and d.prepare]
     if not sections:
-        fail(f"{recipe_file}: no `prepare:` steps in the recipe's data sections", 2)
+        fail(f"{recipe}: no `prepare:` steps in the recipe's data sections", 2)
     results = []
     for where, data in sections:
         try:
-            done = prepare(data, recipe_file.parent, say=lambda m: err.print(m, markup=False), use_cache=not no_cache)
+            done = prepare(data, recipe.parent, say=lambda m: err.print(m, markup=False), use_cache=not no_cache)
         except TuneloopError as e:
             fail(f"{where}: {e}", cause=e)
-        dest = (output or Path.cwd() / "prepared" / recipe.name) / (where if len(sections) > 1 else "")
+        dest = (output or Path.cwd() / "prepared" / loaded.name) / (where if len(sections) > 1 else "")
         DatasetDict(done.splits).save_to_disk(str(dest))
         out.print(f"[bold]{where}[/] fingerprint {done.fingerprint}")
         for r in done.steps:

@@ -48,11 +48,21 @@ def _guard(fn):
 
 @app.command("validate")
 @_guard
-def validate(path: Annotated[Path, typer.Argument(help="Campaign YAML file.")]) -> None:
+def validate(path: Annotated[Path, typer.Argument(help="Campaign YAML file.")], as_json: JsonOpt = False) -> None:
     """Check a campaign file without generating anything (exit 2 on problems, each as `file:line key: reason`)."""
-    from tuneloop.config.loader import load_campaign
+    from tuneloop.config.errors import RecipeError
+    from tuneloop.recipes import load_campaign
 
-    c = load_campaign(path)
+    try:
+        c = load_campaign(path)
+    except RecipeError as e:
+        if not as_json:
+            raise
+        print_json({"file": str(path), "ok": False, "problems": [p.as_dict() for p in e.problems]})
+        raise typer.Exit(2) from None
+    if as_json:
+        print_json({"file": str(path), "ok": True, "problems": []})
+        return
     out.print(f"[green]ok[/] {path}: campaign {c.name}, {len(c.models)} models, overlap {c.overlap}")
 
 
@@ -61,8 +71,8 @@ def validate(path: Annotated[Path, typer.Argument(help="Campaign YAML file.")]) 
 def create(path: Annotated[Path, typer.Argument(help="Campaign YAML file (configs/feedback/*.yaml).")]) -> None:
     """Generate every model's answers ahead of time, add gold items, and store the campaign."""
     from tuneloop import db
-    from tuneloop.config.loader import load_campaign
     from tuneloop.feedback import campaigns
+    from tuneloop.recipes import load_campaign
 
     c = load_campaign(path)
     campaigns.create(c, path, say=lambda m: out.print(m, markup=False))

@@ -106,7 +106,7 @@ def exit_with_problems(e: RecipeError, path: Path) -> None:
 def load_recipe_or_exit(path: Path, overrides: list[str] | None, section: str | None = None) -> Any:
     """The recipe, or its problems printed and exit 2; with `section`, a recipe without that section (`loop`,
     `monitor`) is an error that points to the section's documentation."""
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
 
     try:
         recipe = load_recipe(path, overrides)

@@ -113,9 +113,17 @@ def history(
     for r in rounds:
         s = r["state"]
         style = STATUS_STYLE.get(r["status"], "")
-        table.add_row(str(r["number"]), r["started_at"].strftime("%Y-%m-%d %H:%M"), f"[{style}]{r['status']}[/]",
-                      r["step"], s.get("campaign", ""), str(s.get("votes", "")), str(s.get("rows", "")),
-                      str(s.get("version") or ""), s.get("decision", ""))  # fmt: skip
+        table.add_row(
+            str(r["number"]),
+            r["started_at"].strftime("%Y-%m-%d %H:%M"),
+            f"[{style}]{r['status']}[/]",
+            r["step"],
+            s.get("campaign", ""),
+            str(s.get("votes", "")),
+            str(s.get("rows", "")),
+            str(s.get("version") or ""),
+            s.get("decision", ""),
+        )
     out.print(table)
     from contextlib import suppress
 

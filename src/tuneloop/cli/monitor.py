@@ -111,8 +111,13 @@ def _print(report: dict[str, Any]) -> None:
             if "skipped" in d:
                 table.add_row(d["descriptor"], "", "", "", f"skipped: {d['skipped']}")
             else:
-                table.add_row(d["descriptor"], _short(d["reference"]), _short(d["window"]), f"{d['p_value']:.2g}",
-                              _yes(d["drift"]))  # fmt: skip
+                table.add_row(
+                    d["descriptor"],
+                    _short(d["reference"]),
+                    _short(d["window"]),
+                    f"{d['p_value']:.2g}",
+                    _yes(d["drift"]),
+                )
         out.print(table)
     out.print(f"report: {report['path']}/report.html")
 
@@ -155,6 +160,13 @@ def history(
         auc = "" if r["embedding_auc"] is None else f"{r['embedding_auc']:.3f}"
         drift = "" if r["drift"] is None else ("yes" if r["drift"] else "no")
         style = DECISION_STYLE.get(r["decision"], "")
-        table.add_row(str(r["id"]), r["ts"].strftime("%Y-%m-%d %H:%M"), str(r["requests"]), auc, drift,
-                      f"[{style}]{r['decision']}[/]", "; ".join(r["reasons"]))  # fmt: skip
+        table.add_row(
+            str(r["id"]),
+            r["ts"].strftime("%Y-%m-%d %H:%M"),
+            str(r["requests"]),
+            auc,
+            drift,
+            f"[{style}]{r['decision']}[/]",
+            "; ".join(r["reasons"]),
+        )
     out.print(table)

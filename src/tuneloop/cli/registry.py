@@ -53,9 +53,9 @@ def registry_show(
 ) -> None:
     """A registered model's versions (aliases, key metrics with 95% CIs, gate, cost, parent) and alias history,
     or one version in full."""
+    from tuneloop.models.registered import get_version, registered_model
+    from tuneloop.models.uri import parse_model_uri
     from tuneloop.registry import aliases
-    from tuneloop.registry.materialize import get_version, registered_model
-    from tuneloop.registry.uri import parse_model_uri
     from tuneloop.registry.views import history_table, version_record, version_table, versions_table
     from tuneloop.tracking import store
 
@@ -85,8 +85,8 @@ def registry_show(
 def registry_lineage(ref: RefArg, as_json: JsonOpt = False) -> None:
     """The chain from a version back through its parent versions to the base model, with data fingerprints,
     recipe, code commit, gate, metrics and cost at every step."""
+    from tuneloop.models.uri import parse_model_uri
     from tuneloop.registry.lineage import chain, tree
-    from tuneloop.registry.uri import parse_model_uri
     from tuneloop.registry.views import version_record
 
     if as_json:
@@ -142,7 +142,7 @@ def registry_promote(
 
 def _print_decision(decision) -> None:
     if decision.gate is not None and decision.report is not None:
-        from tuneloop.eval.report import print_summary
+        from tuneloop.eval.summary import print_summary
 
         print_summary(json.loads((decision.report / "results.json").read_text()), out)
     if decision.promoted:
@@ -170,7 +170,7 @@ def registry_rollback(
 def registry_pull(ref: RefArg) -> None:
     """Download a registered version into the workspace cache (verified against its recorded hash) and print
     the directory, which transformers and peft load."""
-    from tuneloop.registry.materialize import materialize
+    from tuneloop.models.registered import materialize
 
     _registry(lambda: print(materialize(ref, say=err.print)))
 

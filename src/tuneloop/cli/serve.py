@@ -55,8 +55,16 @@ def start(
     from tuneloop.serve import run
     from tuneloop.serve.config import load_serve_config
 
-    overrides = {"engine": engine, "mode": mode, "host": host, "port": port, "follow": follow,
-                 "poll_interval_s": poll, "auth": auth, "request_log": request_log}  # fmt: skip
+    overrides = {
+        "engine": engine,
+        "mode": mode,
+        "host": host,
+        "port": port,
+        "follow": follow,
+        "poll_interval_s": poll,
+        "auth": auth,
+        "request_log": request_log,
+    }
     try:
         cfg = load_serve_config(config, overrides, engine_arg or [])
     except RecipeError as e:
@@ -107,10 +115,16 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
     keys = list_keys()
     if as_json:
         rows = [
-            {"id": k.id, "name": k.name, "rpm": k.rpm, "created_at": k.created_at.isoformat(),
-             "created_by": k.created_by, "revoked": k.revoked_at is not None}
+            {
+                "id": k.id,
+                "name": k.name,
+                "rpm": k.rpm,
+                "created_at": k.created_at.isoformat(),
+                "created_by": k.created_by,
+                "revoked": k.revoked_at is not None,
+            }
             for k in keys
-        ]  # fmt: skip
+        ]
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"API keys ({db.shown_url()})")
@@ -161,11 +175,16 @@ def requests_log(
         body = json.loads(r["request"])
         prompt = body.get("prompt") if "prompt" in body else (body.get("messages") or [{}])[-1].get("content")
         table.add_row(
-            f"{r['ts']:%H:%M:%S}", f"tlk_{r['key_id']}" if r["key_id"] else "-",
-            f"{r['model']}/{r['version']}" if r["version"] else str(r["model"]), r["endpoint"], str(r["status"]),
-            f"{r['latency_ms']:.0f} ms", f"{r['prompt_tokens']}/{r['completion_tokens']}",
-            _short(prompt), _short(r["output"] if r["status"] == 200 else r["error"]),
-        )  # fmt: skip
+            f"{r['ts']:%H:%M:%S}",
+            f"tlk_{r['key_id']}" if r["key_id"] else "-",
+            f"{r['model']}/{r['version']}" if r["version"] else str(r["model"]),
+            r["endpoint"],
+            str(r["status"]),
+            f"{r['latency_ms']:.0f} ms",
+            f"{r['prompt_tokens']}/{r['completion_tokens']}",
+            _short(prompt),
+            _short(r["output"] if r["status"] == 200 else r["error"]),
+        )
     out.print(table)
 
 

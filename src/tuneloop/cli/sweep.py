@@ -31,9 +31,10 @@ StorageOpt = Annotated[
 HeartbeatOpt = Annotated[
     int,
     typer.Option(
-        "--heartbeat", help="Seconds between a running trial's heartbeats; a trial silent for 3× that is failed "
-        "and retried."),
-]  # fmt: skip
+        "--heartbeat",
+        help="Seconds between a running trial's heartbeats; a trial silent for 3× that is failed and retried.",
+    ),
+]
 
 
 def _spec(path: Path, overrides: list[str] | None):
@@ -82,9 +83,15 @@ def _go(recipe: Path, workers: int, storage: str | None, set_, smoke: bool, hear
         _describe(spec)
     try:
         study = run_sweep(
-            spec, storage_url=storage, workers=workers, overrides=set_ or [], smoke=smoke, heartbeat_s=heartbeat,
-            join=join, say=lambda m: console.print(m, highlight=False),
-        )  # fmt: skip
+            spec,
+            storage_url=storage,
+            workers=workers,
+            overrides=set_ or [],
+            smoke=smoke,
+            heartbeat_s=heartbeat,
+            join=join,
+            say=lambda m: console.print(m, highlight=False),
+        )
     except TuneloopError as e:
         fail(str(e))
         return
@@ -97,8 +104,10 @@ def _describe(spec) -> None:
 
     s = spec.sweep
     out.print(f"recipe {spec.recipe_path} · objectives {', '.join(f'{o.direction} {o.label()}' for o in s.objectives)}")
-    out.print(f"budget {s.budget.model_dump(exclude_none=True)} · sampler {s.sampler_name()} · pruning "
-              f"{s.pruning_rule()}" + (f" every {s.pruning.every_steps} steps" if s.pruning else ""))  # fmt: skip
+    out.print(
+        f"budget {s.budget.model_dump(exclude_none=True)} · sampler {s.sampler_name()} · pruning "
+        f"{s.pruning_rule()}" + (f" every {s.pruning.every_steps} steps" if s.pruning else "")
+    )
     default = "" if s.space else " (the default space of the recipe's method)"
     out.print(f"space{default}:")
     for k, p in spec.space.items():

@@ -39,7 +39,8 @@ def validate(
 
     Exit code 2 when any recipe has a problem; every problem is listed as `file:line key.path: reason`.
     """
-    from tuneloop.config.loader import file_kind, load_recipe, load_suite
+    from tuneloop.config.loader import file_kind
+    from tuneloop.recipes import load_recipe, load_suite
     from tuneloop.sweep.spec import load_sweep
 
     results = []
@@ -129,7 +130,7 @@ def _train(
         rows += [("note", n) for n in s.get("notes", [])]
         console.print(summary_table(f"stage {s['stage']} ({s['method']})", rows))
     if result.evaluation is not None:
-        from tuneloop.eval.report import print_summary
+        from tuneloop.eval.summary import print_summary
 
         print_summary(result.evaluation, console)
         console.print(f"evaluation report: {result.run_dir / 'eval' / 'report.html'}")

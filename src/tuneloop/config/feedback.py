@@ -60,7 +60,7 @@ class Requests(Section):
     @classmethod
     def _when(cls, value: str | None) -> str | None:
         if value is not None:
-            from tuneloop.serve.traffic import parse_when
+            from tuneloop.config.when import parse_when
 
             parse_when(value)  # ValueError says which forms work
         return value
@@ -147,19 +147,26 @@ class Campaign(Section):
     @model_validator(mode="after")
     def _tasks_fit(self) -> Campaign:
         if (self.data is None) == (self.requests is None):
-            raise AtKey("requests" if self.requests else "data", "give exactly one prompt source: `data:` or "
-                        "`requests:` (served traffic)")  # fmt: skip
+            raise AtKey(
+                "requests" if self.requests else "data",
+                "give exactly one prompt source: `data:` or `requests:` (served traffic)",
+            )
         logged = [i for i, m in enumerate(self.models) if m.logged]
         if logged and self.requests is None:
-            raise AtKey(("models", logged[0], "logged"), "`logged: true` answers come from the request log; "
-                        "it needs `requests:` prompts")  # fmt: skip
+            raise AtKey(
+                ("models", logged[0], "logged"),
+                "`logged: true` answers come from the request log; it needs `requests:` prompts",
+            )
         if len(logged) > 1:
-            raise AtKey(("models", logged[1], "logged"), "only one model can be `logged` (the log holds one "
-                        "answer per request)")  # fmt: skip
+            raise AtKey(
+                ("models", logged[1], "logged"), "only one model can be `logged` (the log holds one answer per request)"
+            )
         if self.requests is not None:
             if "gold_share" in self.model_fields_set and self.gold_share > 0:
-                raise AtKey("gold_share", "gold items are built from references, and logged requests have none; "
-                            "set gold_share: 0")  # fmt: skip
+                raise AtKey(
+                    "gold_share",
+                    "gold items are built from references, and logged requests have none; set gold_share: 0",
+                )
             self.gold_share = 0.0
         if not (self.tasks.pairwise or self.tasks.rating or self.tasks.rewrite):
             raise AtKey("tasks", "turn on at least one of pairwise, rating, rewrite")

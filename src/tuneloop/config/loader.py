@@ -1,11 +1,15 @@
-"""Turn a recipe file (+ its `defaults:` + `--set` overrides) into a validated `Recipe`, or every problem at once.
+"""Turn a recipe file (+ its `defaults:` + `--set` overrides) into a schema-valid `Recipe`, or every problem at once.
 
+This is the floor every package stands on, so it checks only what the schema and TRL's argument lists can tell.
+The checks that need data sources, the model catalogue or prices (files exist, columns fit the method) live in
+`tuneloop.recipes`, whose `load_recipe`/`load_suite`/`load_campaign` pass them here as `check`: use those.
 Nothing here imports torch or loads a model: `tuneloop validate` runs in well under a second per recipe.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +24,14 @@ from tuneloop.config.schema import Recipe
 from tuneloop.config.yamlsource import KeyPath, Where, display_path, load_located, parse
 
 OVERRIDE = "--set"
+# A check beyond the schema: (key path, message) pairs for a validated value and the folder of its file.
+Check = Callable[[Any, Path], list[tuple[tuple, str]]]
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:
-    """Load, merge, override and validate a recipe; raise RecipeError listing every problem found.
+def parse_recipe(
+    path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None, check: Check | None = None
+) -> Recipe:
+    """Load, merge, override and validate a recipe, then run `check`; raise RecipeError listing every problem found.
 
     `base_dir` is where relative paths in the recipe are looked up (default: the recipe's folder); a recipe
     recorded elsewhere (a run directory, a registered version) is read against its original folder."""
@@ -52,29 +60,24 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, base_dir: 
     except ValidationError as e:
         problems += [_problem_from_pydantic(err, raw, where, fallback) for err in e.errors()]
         raise RecipeError(_sorted(_dedupe(problems))) from None
-    from tuneloop.config.checks import check_recipe  # import cycle: checks -> data -> schema
-
-    add(check_recipe(recipe, base_dir=base_dir or path.parent))
+    if check is not None:
+        add(check(recipe, base_dir or path.parent))
     if problems:
         raise RecipeError(_sorted(_dedupe(problems)))
     return recipe
 
 
-def load_suite(path: str | Path) -> EvalSuite:
+def parse_suite(path: str | Path, check: Check | None = None) -> EvalSuite:
     """Load and validate an evaluation suite file (`configs/eval/*.yaml`); RecipeError lists every problem."""
-    from tuneloop.config.checks import check_tasks
-
-    return _load_validated(Path(path), EvalSuite, "suite", lambda s, d: check_tasks(s.tasks, None, d, ("tasks",)))
+    return load_validated(Path(path), EvalSuite, "suite", check)
 
 
-def load_campaign(path: str | Path) -> Campaign:
-    """Load and validate a feedback campaign (`configs/feedback/*.yaml`, or a recipe's `feedback:` section);
-    RecipeError lists every problem with its file and line, as for recipes."""
-    from tuneloop.config.checks import check_campaign
-
+def parse_campaign(path: str | Path, check: Check | None = None, recipe_check: Check | None = None) -> Campaign:
+    """Load and validate a feedback campaign (`configs/feedback/*.yaml`, or a recipe's `feedback:` section, checked
+    with `recipe_check` as part of its recipe); RecipeError lists every problem with its file and line."""
     path = Path(path)
     if not path.is_file():
-        found = _find_default(f"feedback/{path}", Path.cwd())
+        found = find_default(f"feedback/{path}", Path.cwd())
         if found is None:
             raise RecipeError([Problem(str(path), None, "", "no such campaign file (nor under configs/feedback/)")])
         path = found
@@ -83,14 +86,14 @@ def load_campaign(path: str | Path) -> Campaign:
     except yaml.YAMLError:
         raw = None  # reported with its line by the located loader below
     if isinstance(raw, dict) and "stages" in raw:  # a recipe: its `feedback:` section, validated with the recipe
-        recipe = load_recipe(path)
+        recipe = parse_recipe(path, check=recipe_check)
         if recipe.feedback is None:
             raise RecipeError([Problem(display_path(path), None, "feedback", "this recipe has no `feedback:` section")])
         return recipe.feedback
-    return _load_validated(path, Campaign, "campaign", check_campaign)
+    return load_validated(path, Campaign, "campaign", check)
 
 
-def _load_validated(path: Path, model: type[BaseModel], what: str, check) -> Any:
+def load_validated(path: Path, model: type[BaseModel], what: str, check: Check | None) -> Any:
     """A YAML file (with `defaults:`) validated against `model`, then `check(value, folder)`; every problem is
     reported with its file and line."""
     raw, where = _load_with_defaults(path, chain=())
@@ -102,7 +105,7 @@ def _load_validated(path: Path, model: type[BaseModel], what: str, check) -> Any
     except ValidationError as e:
         problems = [_problem_from_pydantic(err, raw, where, (shown, None), model) for err in e.errors()]
         raise RecipeError(_sorted(_dedupe(problems))) from None
-    found = check(value, path.parent)
+    found = check(value, path.parent) if check is not None else []
     if found:
         problems = []
         for key_path, message in found:
@@ -135,7 +138,7 @@ def find_suite(entry: str, near: Path) -> Path | None:
     direct = Path(entry).expanduser()
     if direct.is_file():
         return direct
-    return _find_default(entry, near) or _find_default(f"eval/{entry}", near)
+    return find_default(entry, near) or find_default(f"eval/{entry}", near)
 
 
 def _with_suite(raw: dict, where: dict[KeyPath, Where], path: Path) -> tuple[dict, dict[KeyPath, Where]]:
@@ -197,7 +200,7 @@ def resolved_yaml(recipe: Recipe) -> str:
 # ---------------------------------------------------------------- defaults
 
 
-def _find_default(entry: str, recipe_dir: Path) -> Path | None:
+def find_default(entry: str, recipe_dir: Path) -> Path | None:
     names = [entry] if entry.endswith((".yaml", ".yml")) else [f"{entry}.yaml", entry]
     dirs = [recipe_dir, Path.cwd()]
     dirs += [anc / "configs" for anc in (recipe_dir.resolve(), *recipe_dir.resolve().parents)]
@@ -222,7 +225,7 @@ def _load_with_defaults(path: Path, chain: tuple[Path, ...]) -> tuple[Any, dict[
     merged_where: dict[KeyPath, Where] = {}
     problems = []
     for i, entry in enumerate(entries):
-        found = _find_default(entry, path.parent)
+        found = find_default(entry, path.parent)
         line = where.get(("defaults", i), (shown, None))[1]
         if found is None:
             msg = f"no file {entry!r} next to the recipe or under a configs/ directory"

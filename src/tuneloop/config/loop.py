@@ -17,15 +17,19 @@ class Votes(Section):
     """When a round has heard enough."""
 
     min: int = Field(
-        20, ge=1, description="Usable votes (gold items and flagged raters aside) a round needs to retrain; a round "
-        "that has fewer at its deadline stops and says so."
-    )  # fmt: skip
+        20,
+        ge=1,
+        description="Usable votes (gold items and flagged raters aside) a round needs to retrain; a round "
+        "that has fewer at its deadline stops and says so.",
+    )
     wait: str = Field("2d", description="Deadline after the campaign is created (`30m`, `2d`).")
     poll: str = Field("30s", description="How often the vote count is read while waiting.")
     price: float | None = Field(
-        None, ge=0, description="What one vote costs (rater time, in the price table's currency): added to the "
-        "round's cost next to training and evaluation."
-    )  # fmt: skip
+        None,
+        ge=0,
+        description="What one vote costs (rater time, in the price table's currency): added to the "
+        "round's cost next to training and evaluation.",
+    )
 
     @field_validator("wait", "poll")
     @classmethod

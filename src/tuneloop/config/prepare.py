@@ -63,10 +63,13 @@ class Filter(_Step):
 
     @model_validator(mode="after")
     def _something(self) -> Filter:
-        if not any(v is not None for v in (self.min_tokens, self.max_tokens, self.languages, self.drop_regex,
-                                           self.keep_regex, self.function)):  # fmt: skip
-            raise ValueError("a filter needs a condition: min_tokens, max_tokens, languages, drop_regex, "
-                             "keep_regex or function")  # fmt: skip
+        if not any(
+            v is not None
+            for v in (self.min_tokens, self.max_tokens, self.languages, self.drop_regex, self.keep_regex, self.function)
+        ):
+            raise ValueError(
+                "a filter needs a condition: min_tokens, max_tokens, languages, drop_regex, keep_regex or function"
+            )
         if self.min_tokens is not None and self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) is above max_tokens ({self.max_tokens})")
         return self

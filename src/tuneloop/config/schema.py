@@ -175,6 +175,14 @@ class Peft(Section):
     bnb_4bit_use_double_quant: bool = Field(True, description="QLoRA only: quantise the quantisation constants.")
 
 
+# the `rewards: [{builtin: NAME}]` values, with what each needs from the data; tuneloop.rewards.build_builtin makes them
+BUILTIN_REWARDS: dict[str, str] = {
+    "debian_synopsis_rules": "Debian's synopsis rules (Policy 3.4.1, Developer's Reference 6.2.2); uses `package`",
+    "rougeL": "ROUGE-L F against the reference column",
+    "length": "brevity: 1 up to max_chars, 0 from twice that",
+}
+
+
 class Reward(Section):
     """One reward of a `grpo`/`rloo` stage: a built-in function, your own function, or a reward model.
 
@@ -211,12 +219,13 @@ class Reward(Section):
             raise ValueError("give exactly one of `builtin`, `function` or `model`")
         if self.builtin:
             from tuneloop.config.trainer_fields import closest
-            from tuneloop.rewards import BUILTIN
 
-            if self.builtin not in BUILTIN:
-                hint = closest(self.builtin, list(BUILTIN))
+            if self.builtin not in BUILTIN_REWARDS:
+                hint = closest(self.builtin, list(BUILTIN_REWARDS))
                 did = f"did you mean {hint}? " if hint else ""
-                raise ValueError(f"unknown built-in reward {self.builtin!r}; {did}built-ins: {', '.join(BUILTIN)}")
+                raise ValueError(
+                    f"unknown built-in reward {self.builtin!r}; {did}built-ins: {', '.join(BUILTIN_REWARDS)}"
+                )
         return self
 
     def label(self) -> str:

@@ -187,7 +187,7 @@ def _overlap(texts: list[str], train: list[str], target: Target) -> dict[str, An
 
 def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
     """Empty or missing fields the format reads, empty completions, chat turns out of order; 1-based rows."""
-    from tuneloop.config.data_checks import template_fields
+    from tuneloop.config.templates import template_fields
 
     found: dict[str, list[int]] = {}
 
@@ -198,8 +198,9 @@ def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
     if fmt is not None and fmt.prompt:
         fields = list(dict.fromkeys(template_fields(fmt.prompt) + template_fields(fmt.completion or "")))
     target_fields = set(template_fields(fmt.completion or "")) if fmt is not None and fmt.completion else set()
-    messages = fmt.messages if fmt is not None and fmt.messages else ("messages" if "messages" in ds.column_names
-                                                                      else None)  # fmt: skip
+    messages = (
+        fmt.messages if fmt is not None and fmt.messages else ("messages" if "messages" in ds.column_names else None)
+    )
     for i, row in enumerate(ds):
         for col in fields:
             value = row.get(col)
@@ -232,7 +233,8 @@ def _turn_problem(turns: Any) -> str | None:
         return "chat turns out of order (two in a row from one role)"
     if body[-1] != "assistant":
         return "chat does not end with an assistant turn"
-    if any(isinstance(t, dict) and not str(t.get("content") or "").strip() for t in turns if t.get("role") ==
-           "assistant"):  # fmt: skip
+    if any(
+        isinstance(t, dict) and not str(t.get("content") or "").strip() for t in turns if t.get("role") == "assistant"
+    ):
         return "empty assistant turn"
     return None

@@ -68,9 +68,13 @@ def chain_keys(spec: Data, base_dir: Path, cap: int | None) -> list[str]:
 
 
 def prepare(
-    spec: Data, base_dir: Path, *, cap: int | None = None, say: Callable[[str], None] | None = None,
+    spec: Data,
+    base_dir: Path,
+    *,
+    cap: int | None = None,
+    say: Callable[[str], None] | None = None,
     use_cache: bool = True,
-) -> Prepared:  # fmt: skip
+) -> Prepared:
     """The prepared splits of `spec` (every split of its source, after every step)."""
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
 
@@ -114,8 +118,10 @@ def _prepare(spec: Data, base_dir: Path, cap: int | None, say: Callable[[str], N
         empty = [s for s, n in _counts(splits).items() if n == 0 and s in report["splits"]]
         if empty:
             table = "\n".join(f"  {describe(r)}" for r in reports)
-            raise TuneloopError(f"prepare step {k + 1} ({step.step}) left no rows in {', '.join(empty)}; "
-                                f"nothing to train or evaluate on. Steps so far:\n{table}")  # fmt: skip
+            raise TuneloopError(
+                f"prepare step {k + 1} ({step.step}) left no rows in {', '.join(empty)}; "
+                f"nothing to train or evaluate on. Steps so far:\n{table}"
+            )
         if use_cache:
             _store(root / keys[k + 1], DatasetDict(splits), reports)
     return Prepared(splits, keys[-1], reports)
@@ -183,8 +189,14 @@ def texts_of(ds: Dataset, spec: Data, columns: list[str] | None) -> list[str]:
 
 
 def run_step(step: Any, splits: dict[str, Any], spec: Data, base_dir: Path) -> tuple[dict[str, Any], dict]:
-    handler = {Dedup: _dedup, Filter: _filter, Decontaminate: _decontaminate, Mix: _mix, Sample: _sample,
-               Split: _split}[type(step)]  # fmt: skip
+    handler = {
+        Dedup: _dedup,
+        Filter: _filter,
+        Decontaminate: _decontaminate,
+        Mix: _mix,
+        Sample: _sample,
+        Split: _split,
+    }[type(step)]
     return handler(step, dict(splits), spec, base_dir)
 
 
@@ -216,8 +228,10 @@ def _dedup(step: Dedup, splits: dict, spec: Data, base_dir: Path) -> tuple[dict,
                     drop.setdefault(i, "near duplicate")
         splits[name] = _keep(ds, drop)
         report["splits"][name] = _entry(len(ds), len(splits[name]), Counter(drop.values()))
-        report["examples"][name] = [{"kept": texts[g[0]][:200], "dropped": texts[g[1]][:200]}
-                                    for g in sorted(clusters, key=len, reverse=True)[:3]]  # fmt: skip
+        report["examples"][name] = [
+            {"kept": texts[g[0]][:200], "dropped": texts[g[1]][:200]}
+            for g in sorted(clusters, key=len, reverse=True)[:3]
+        ]
     return splits, report
 
 
@@ -247,8 +261,13 @@ def token_lengths(ds: Dataset, spec: Data, tokenizer: Any) -> list[int]:
         return {"_tokens": [example_tokens(r, tokenizer) for r in rows]}
 
     procs = min(os.cpu_count() or 1, max(1, len(formatted) // 20000))
-    counted = formatted.map(count, batched=True, num_proc=procs if procs > 1 else None,
-                            remove_columns=formatted.column_names, desc="counting tokens")  # fmt: skip
+    counted = formatted.map(
+        count,
+        batched=True,
+        num_proc=procs if procs > 1 else None,
+        remove_columns=formatted.column_names,
+        desc="counting tokens",
+    )
     return list(counted["_tokens"])
 
 
@@ -346,12 +365,16 @@ def _decontaminate(step: Decontaminate, splits: dict, spec: Data, base_dir: Path
         ds = splits[name]
         texts = texts_of(ds, spec, step.columns)
         matches = dd.cross_matches(texts, references, step.threshold, step.ngram, step.num_perm)
-        drop = {i: "exact copy of an evaluation row" if sim >= 1.0 else "near copy of an evaluation row"
-                for i, (_j, sim) in matches.items()}  # fmt: skip
+        drop = {
+            i: "exact copy of an evaluation row" if sim >= 1.0 else "near copy of an evaluation row"
+            for i, (_j, sim) in matches.items()
+        }
         splits[name] = _keep(ds, drop)
         report["splits"][name] = _entry(len(ds), len(splits[name]), Counter(drop.values()))
-        report["examples"][name] = [{"train": texts[i][:200], "evaluation": references[j][:200], "jaccard": round(s, 3)}
-                                    for i, (j, s) in list(matches.items())[:3]]  # fmt: skip
+        report["examples"][name] = [
+            {"train": texts[i][:200], "evaluation": references[j][:200], "jaccard": round(s, 3)}
+            for i, (j, s) in list(matches.items())[:3]
+        ]
     return splits, report
 
 
@@ -380,8 +403,15 @@ def _mix(step: Mix, splits: dict, spec: Data, base_dir: Path) -> tuple[dict, dic
             report["upsampled"].append(f"{name} (own rows)")
         parts.append(own.select(keep))
         for src in step.sources:
-            other_spec = spec.model_copy(update={"source": src.source, "task": src.task, "subset": src.subset,
-                                                 "revision": src.revision, "prepare": []})  # fmt: skip
+            other_spec = spec.model_copy(
+                update={
+                    "source": src.source,
+                    "task": src.task,
+                    "subset": src.subset,
+                    "revision": src.revision,
+                    "prepare": [],
+                }
+            )
             other = raw_splits(other_spec, base_dir)
             if src.split not in other:
                 raise TuneloopError(f"mix: {src.source} has no split {src.split!r}; splits: {', '.join(other)}")

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneloop.eval.report import PALETTE, _plot_style, _svg
+from tuneloop.plots import PALETTE, plot_style, svg
 
 
 def _pct(x: float | None) -> str:
@@ -24,18 +24,23 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
         overlap = s.get("overlap_with_train")
         langs = s["languages"]
         top = next(iter(langs), "")
-        rows.append([
-            name, str(s["rows"]), f"{t.get('p50', 0):.0f} / {t.get('p95', 0):.0f} / {t.get('max', 0)}",
-            _pct((t.get("truncated") or {}).get("share")), _pct(d["exact_share"]), _pct(d["near_share"]),
-            "" if overlap is None else f"{overlap['rows']} ({_pct(overlap['share'])})",
-            f"{top} {_pct(langs.get(top, 0) / max(1, s['rows']))}" if top else "",
-            str(sum(p["count"] for p in s["problems"].values())),
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                str(s["rows"]),
+                f"{t.get('p50', 0):.0f} / {t.get('p95', 0):.0f} / {t.get('max', 0)}",
+                _pct((t.get("truncated") or {}).get("share")),
+                _pct(d["exact_share"]),
+                _pct(d["near_share"]),
+                "" if overlap is None else f"{overlap['rows']} ({_pct(overlap['share'])})",
+                f"{top} {_pct(langs.get(top, 0) / max(1, s['rows']))}" if top else "",
+                str(sum(p["count"] for p in s["problems"].values())),
+            ]
+        )
     return rows
 
 
-HEADERS = ["split", "rows", "p50/p95/max", "truncated", "exact dup", "near dup", "in train", "language",
-           "problems"]  # fmt: skip
+HEADERS = ["split", "rows", "p50/p95/max", "truncated", "exact dup", "near dup", "in train", "language", "problems"]
 
 
 def print_report(report: dict[str, Any], console: Any = None) -> None:
@@ -60,8 +65,10 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
             console.print(f"  [yellow]{name}[/]: {p['count']} × {kind} (rows {rows})", markup=True)
         if s.get("labels"):
             counts = s["labels"]["counts"]
-            console.print(f"  {name} labels ({s['labels']['column']}): "
-                          + ", ".join(f"{k} {v}" for k, v in counts.items()), markup=False)  # fmt: skip
+            console.print(
+                f"  {name} labels ({s['labels']['column']}): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+                markup=False,
+            )
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -80,7 +87,7 @@ def _length_plot(report: dict[str, Any]) -> str:
     if not splits:
         return ""
     unit = next(iter(splits.values()))["tokens"]["unit"]
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(10, 3.2), layout="constrained")
         ax = fig.subplots()
         top = max((max(s["tokens"]["values"], default=0) for s in splits.values()), default=1)
@@ -88,18 +95,31 @@ def _length_plot(report: dict[str, Any]) -> str:
         for i, (name, s) in enumerate(splits.items()):
             values = s["tokens"]["values"]
             if values:
-                ax.hist(values, bins=bins, histtype="step", linewidth=1.6, density=True,
-                        color=PALETTE[i % len(PALETTE)], label=f"{name} ({len(values)})")  # fmt: skip
+                ax.hist(
+                    values,
+                    bins=bins,
+                    histtype="step",
+                    linewidth=1.6,
+                    density=True,
+                    color=PALETTE[i % len(PALETTE)],
+                    label=f"{name} ({len(values)})",
+                )
         if report.get("max_length") and unit == "tokens":
             ax.axvline(report["max_length"], color="#D55E00", linestyle="--", linewidth=1)
-            ax.text(report["max_length"], ax.get_ylim()[1] * 0.95, f" max_length {report['max_length']}",
-                    color="#D55E00", fontsize=8, va="top")  # fmt: skip
+            ax.text(
+                report["max_length"],
+                ax.get_ylim()[1] * 0.95,
+                f" max_length {report['max_length']}",
+                color="#D55E00",
+                fontsize=8,
+                va="top",
+            )
         ax.set_xlabel(f"example length ({unit})")
         ax.set_ylabel("share of rows (density)")
         ax.spines[["top", "right"]].set_visible(False)
         ax.legend(frameon=False)
         fig.suptitle("Length per split", fontweight="bold")
-        return _svg(fig)
+        return svg(fig)
 
 
 def _bar_plot(title: str, per_split: dict[str, dict[str, int]], top: int = 10) -> str:
@@ -113,7 +133,7 @@ def _bar_plot(title: str, per_split: dict[str, dict[str, int]], top: int = 10) -
     keys = [k for k, _ in sorted(totals.items(), key=lambda kv: -kv[1])[:top]]
     if not keys:
         return ""
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(10, 0.9 + 0.28 * len(keys) * max(1, len(per_split)) ** 0.5), layout="constrained")
         ax = fig.subplots()
         bar = 0.8 / len(per_split)
@@ -129,7 +149,7 @@ def _bar_plot(title: str, per_split: dict[str, dict[str, int]], top: int = 10) -
         ax.spines[["top", "right"]].set_visible(False)
         ax.legend(frameon=False, loc="lower right")
         fig.suptitle(title, fontweight="bold")
-        return _svg(fig)
+        return svg(fig)
 
 
 HTML = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -187,8 +207,11 @@ def render_html(report: dict[str, Any]) -> str:
     title = f"Data report: {report['source']}" + (f" ({report['task']})" if report.get("task") else "")
     env = jinja2.Environment(autoescape=True)
     return env.from_string(HTML).render(
-        title=title, report=dict(report, prepared=prepared), headers=HEADERS, rows=summary_rows(report),
+        title=title,
+        report=dict(report, prepared=prepared),
+        headers=HEADERS,
+        rows=summary_rows(report),
         length_plot=Markup(_length_plot(report)),
         language_plot=Markup(_bar_plot("Languages (lingua)", {n: s["languages"] for n, s in splits.items()})),
         label_plot=Markup(_bar_plot("Label balance", labels) if labels else ""),
-    )  # fmt: skip
+    )

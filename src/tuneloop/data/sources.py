@@ -130,7 +130,7 @@ def text_columns(spec: Data, columns: list[str]) -> list[str]:
     inflates scores, whatever the targets are."""
     fmt = effective_format(spec)
     if fmt is not None and fmt.prompt:
-        from tuneloop.config.data_checks import template_fields
+        from tuneloop.config.templates import template_fields
 
         return [c for c in dict.fromkeys(template_fields(fmt.prompt)) if c in columns]
     if fmt is not None and fmt.messages:
@@ -167,8 +167,11 @@ def raw_splits(spec: Data, base_dir: Path, cap: int | None = None, only: list[st
         out = {s: ds for s, ds in loaded.items() if only is None or s in only}
     else:
         files = _split_files(spec, kind, base_dir)
-        out = {s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train")
-               for s, p in files.items() if only is None or s in only}  # fmt: skip
+        out = {
+            s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train")
+            for s, p in files.items()
+            if only is None or s in only
+        }
         if kind == "builtin" and spec.task:
             task = builtin.task(str(spec.source), spec.task)
             if task.labels:

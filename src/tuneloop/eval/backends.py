@@ -8,7 +8,6 @@ their server-side template; what they cannot do (token log-probabilities) is ref
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 
 from tuneloop.config.evaluation import Generation
 from tuneloop.errors import TuneloopError
+from tuneloop.models.references import sha256_text
 
 Messages = list[dict[str, str]]
 Prompt = str | Messages  # plain text, or chat turns before the assistant's answer
@@ -39,10 +39,6 @@ class Throughput:
     prompt_tokens: int = 0
     generated_tokens: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def sha256_text(text: str | None) -> str | None:
-    return hashlib.sha256(text.encode()).hexdigest() if text else None
 
 
 class LocalBackend:

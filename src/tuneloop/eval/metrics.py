@@ -403,8 +403,9 @@ def perplexity_metric(
     return _finish("perplexity", stats, _perplexity(stats), higher=False, resamples=resamples, seed=rng_seed)
 
 
-def preference_metric(chosen: list[tuple[float, int]], rejected: list[tuple[float, int]], *, resamples: int = 1000,
-                      rng_seed: int = 0) -> MetricValue:  # fmt: skip
+def preference_metric(
+    chosen: list[tuple[float, int]], rejected: list[tuple[float, int]], *, resamples: int = 1000, rng_seed: int = 0
+) -> MetricValue:
     """Share of pairs whose chosen answer the model finds likelier per token than the rejected one (100 a win,
     50 a tie, 0 a loss), with a bootstrap CI: how well the model agrees with the votes the pairs came from. Per
     token, so a long answer is not penalised for its length (as in SimPO's length-normalised reward)."""

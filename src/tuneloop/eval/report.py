@@ -7,20 +7,31 @@ matplotlib, numpy, jinja2 and rich are imported inside functions: `tuneloop run`
 from __future__ import annotations
 
 import html
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneloop.plots import PALETTE, plot_style, svg
+
 # Okabe-Ito: stays distinguishable under the common colour-vision deficiencies
-PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 RAW_METRICS = {"perplexity"}  # not in points (0-100), so plotted on an axis of their own
 NO_PRICE = "n/a (priced by the endpoint's provider)"
-SERVING = {"wall_s": "wall time (s)", "tokens_per_s": "generated tokens/s", "generated_tokens": "generated tokens",
-           "prompt_tokens": "prompt tokens", "cost_per_1k_tokens": "cost per 1k tokens"}  # fmt: skip
-LENGTHS = {"tokens_mean": "tokens mean", "tokens_median": "tokens median", "tokens_p95": "tokens p95",
-           "tokens_max": "tokens max", "words_mean": "words mean", "empty_share": "empty"}  # fmt: skip
+SERVING = {
+    "wall_s": "wall time (s)",
+    "tokens_per_s": "generated tokens/s",
+    "generated_tokens": "generated tokens",
+    "prompt_tokens": "prompt tokens",
+    "cost_per_1k_tokens": "cost per 1k tokens",
+}
+LENGTHS = {
+    "tokens_mean": "tokens mean",
+    "tokens_median": "tokens median",
+    "tokens_p95": "tokens p95",
+    "tokens_max": "tokens max",
+    "words_mean": "words mean",
+    "empty_share": "empty",
+}
 CLIP = {"md": 160, "html": 600}  # characters of prompt/prediction/reference shown per worst example
 
 
@@ -281,27 +292,15 @@ def render_markdown(results: dict) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
-def _svg(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
-    text = buf.getvalue().decode("utf-8")
-    return text[text.index("<svg") :]
-
-
-def _plot_style() -> Any:
-    import matplotlib
-
-    # text as paths renders the same in every browser; no mathtext so a "$" in a model label stays a "$"
-    style = {"svg.fonttype": "path", "svg.hashsalt": "tuneloop", "text.parse_math": False, "font.size": 9}
-    return matplotlib.rc_context(style)
-
-
 def _bars(model: dict, task: str, group: list[str]) -> Any:
     """(row, value, CI low, CI high) per metric of group this model has; a metric without CI gets no error bar."""
     import numpy as np
 
-    rows = [(j, m["value"], *(m.get("ci") or [m["value"]] * 2)) for j, n in enumerate(group)
-            if (m := _metric(model, task, n)).get("value") is not None]  # fmt: skip
+    rows = [
+        (j, m["value"], *(m.get("ci") or [m["value"]] * 2))
+        for j, n in enumerate(group)
+        if (m := _metric(model, task, n)).get("value") is not None
+    ]
     return np.array(rows, dtype=float).reshape(-1, 4).T
 
 
@@ -315,7 +314,7 @@ def _metrics_plot(results: dict, task: str) -> str:
     if not groups:
         return ""
     bar = 0.8 / len(models)
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(10, 1.0 + sum(0.25 + 0.24 * len(models) * len(g) for g in groups)), layout="constrained")
         axes = fig.subplots(len(groups), 1, squeeze=False, height_ratios=[len(g) + 0.6 for g in groups])[:, 0]
         for ax, group in zip(axes, groups, strict=True):
@@ -326,8 +325,16 @@ def _metrics_plot(results: dict, task: str) -> str:
                 err = np.clip(
                     [values - lows, highs - values], 0, None
                 ).tolist()  # a percentile CI may miss the point estimate
-                ax.barh(ys, values, bar * 0.92, xerr=err, color=PALETTE[i % len(PALETTE)], label=model["label"],
-                        capsize=2.5, error_kw={"elinewidth": 0.9, "ecolor": "#222"})  # fmt: skip
+                ax.barh(
+                    ys,
+                    values,
+                    bar * 0.92,
+                    xerr=err,
+                    color=PALETTE[i % len(PALETTE)],
+                    label=model["label"],
+                    capsize=2.5,
+                    error_kw={"elinewidth": 0.9, "ecolor": "#222"},
+                )
                 for y, v, hi in zip(ys, values, highs, strict=True):
                     ax.text(max(hi, v) + right * 0.01, y, f"{v:.1f}", va="center", fontsize=7.5, color="#333")
             ax.set_yticks(range(len(group)), group)
@@ -339,7 +346,7 @@ def _metrics_plot(results: dict, task: str) -> str:
             ax.spines[["top", "right"]].set_visible(False)
         fig.suptitle(f"{task}: metrics with 95% CI", fontweight="bold")
         fig.legend(*axes[0].get_legend_handles_labels(), loc="outside right upper", frameon=False)
-        return _svg(fig)
+        return svg(fig)
 
 
 def _confusion_plot(label: str, classification: dict) -> str:
@@ -349,7 +356,7 @@ def _confusion_plot(label: str, classification: dict) -> str:
 
     matrix = np.asarray(classification["confusion"])
     columns, rows = _confusion_columns(classification), classification["labels"]
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(1.6 + 0.7 * len(columns), 1.3 + 0.5 * len(rows)), layout="constrained")
         ax = fig.subplots()
         image = ax.imshow(matrix, cmap="Blues", vmin=0, aspect="auto")
@@ -361,7 +368,7 @@ def _confusion_plot(label: str, classification: dict) -> str:
         ax.set_ylabel("true")
         ax.set_title(f"{label}: confusion matrix", fontweight="bold")
         fig.colorbar(image, ax=ax, shrink=0.85, label="examples")
-        return _svg(fig)
+        return svg(fig)
 
 
 # ---------------------------------------------------------------- HTML
@@ -437,58 +444,12 @@ def render_html(results: dict) -> str:
     suite = results.get("suite") or {}
     env = jinja2.Environment(autoescape=True)  # a key missing from results.json renders empty, never raises
     title, labels = f"Evaluation report: {suite.get('name', '')}", _labels(results)
-    return env.from_string(HTML_TEMPLATE).render(title=title, created=_created(results), suite=suite, models=labels,
-                                                 gate=results.get("gate"), models_table=_models_table(results),
-                                                 tasks=tasks)  # fmt: skip
-
-
-def summary_rows(results: dict) -> list[tuple[str, ...]]:
-    """One row per (task, metric): task, metric, each model's value ± half its 95% CI, then for each later model
-    the diff vs models[0] with CI, p-value and ✓ (CI of the diff excludes 0 on the good side) or ✗ (bad side)."""
-    comparisons, later = _comparisons(results), _labels(results)[1:]
-    rows = []
-    for task in _task_names(results):
-        for name in _metric_names(results, task):
-            cells = [task, name, *(_pm(_metric(m, task, name)) for m in results["models"])]
-            cells += [_diff(c) if (c := comparisons.get((task, name, label))) else "–" for label in later]
-            rows.append(tuple(cells))
-    return rows
-
-
-def print_summary(results: dict, console: Any = None) -> None:
-    """The table `tuneloop run` prints at the end, with the gate's verdict under it."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    console = console or Console()
-    labels = _labels(results)
-    # task names go in rows of their own, not a column, so two models fit an 80-column terminal
-    table = Table(title=Text(f"evaluation: {(results.get('suite') or {}).get('name', '')}", style="bold"),
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-    table.add_column("metric")
-    for label in labels:
-        table.add_column(Text(label), justify="right")
-    for label in labels[1:]:
-        table.add_column(Text(f"Δ {label} − {labels[0]} [95% CI] p"), justify="right", no_wrap=True)
-    task = None
-    for row in summary_rows(results):
-        if row[0] != task:
-            task = row[0]
-            table.add_row(Text(task, style="bold"))
-        diffs = row[2 + len(labels) :]
-        styles = ["green" if d.endswith("✓") else "red" if d.endswith("✗") else "" for d in diffs]
-        table.add_row(
-            Text(f"  {row[1]}"),
-            *map(Text, row[2 : 2 + len(labels)]),
-            *(Text(d if s else f"{d}  ", s) for d, s in zip(diffs, styles, strict=True)),
-        )
-    console.print(table)
-    if gate := results.get("gate"):
-        passed = bool(gate.get("passed"))
-        console.print(Text(f"gate {'PASSED' if passed else 'FAILED'}", style="bold green" if passed else "bold red"))
-        for rule in gate.get("rules") or []:
-            mark, style = ("✓", "green") if rule.get("passed") else ("✗", "red")
-            detail = f" — {rule['detail']}" if rule.get("detail") else ""
-            console.print(Text.assemble((f"  {mark} ", style), f"{rule.get('rule', '')}{detail}"))
+    return env.from_string(HTML_TEMPLATE).render(
+        title=title,
+        created=_created(results),
+        suite=suite,
+        models=labels,
+        gate=results.get("gate"),
+        models_table=_models_table(results),
+        tasks=tasks,
+    )

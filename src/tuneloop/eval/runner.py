@@ -54,7 +54,7 @@ def evaluate_model(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     price: Price | None = None,
 ) -> ModelRun:
-    from tuneloop.eval import models as evmodels
+    from tuneloop.models import references as evmodels
 
     started = time.perf_counter()
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
@@ -97,8 +97,8 @@ def evaluate_model(
 def open_engine(spec: ModelSpec, backend: str, base_dir: Path, say: Callable[[str], None]) -> tuple[Any, Any, dict]:
     """The generation engine for one model (an endpoint, vLLM, or transformers), the resolved checkpoint (None
     for an endpoint), and what identifies it: parameters, weights hash, training record, engine description."""
-    from tuneloop.eval import models as evmodels
     from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
+    from tuneloop.models import references as evmodels
 
     info: dict[str, Any] = {}
     if spec.endpoint:

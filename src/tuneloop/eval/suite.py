@@ -17,7 +17,7 @@ from tuneloop.config.evaluation import EvalTask, GateRule
 from tuneloop.config.lifecycle import Cost
 from tuneloop.config.schema import Data
 from tuneloop.cost import recipe_price
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, UsageError
 from tuneloop.eval.runner import ModelSpec, compare, evaluate_model, write_results
 from tuneloop.eval.tasks import load_task
 
@@ -74,12 +74,13 @@ def from_recipe(recipe: Any, recipe_path: Path, *, smoke: bool = False, base_dir
 
 def load(entry: str, near: Path | None = None) -> Suite:
     """A suite file (path or name under configs/eval/) or a recipe with an `evaluation:` section."""
-    from tuneloop.config.loader import find_suite, load_recipe, load_suite
+    from tuneloop.config.loader import find_suite
     from tuneloop.config.yamlsource import load_located
+    from tuneloop.recipes import load_recipe, load_suite
 
     path = find_suite(entry, near or Path.cwd())
     if path is None:
-        raise TuneloopError(f"no suite {entry!r}: give a suite file, a name under configs/eval/, or a recipe")
+        raise UsageError(f"no suite {entry!r}: give a suite file, a name under configs/eval/, or a recipe")
     raw, _ = load_located(path)
     if isinstance(raw, dict) and "stages" in raw:
         return from_recipe(load_recipe(path), path)
@@ -99,7 +100,7 @@ def run_suite(
 ) -> dict[str, Any]:
     """Evaluate each model on every task, compare later models with the first, gate the last, write reports."""
     from tuneloop.eval.gate import apply_gate
-    from tuneloop.train import quiet_libraries
+    from tuneloop.models.loading import quiet_libraries
 
     quiet_libraries()
     price = recipe_price(suite.cost or Cost(), suite.base_dir)

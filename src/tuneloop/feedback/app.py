@@ -181,10 +181,17 @@ def admin(name: str, request: gr.Request) -> tuple[str, list[list], Any, list[li
     if rep["excluded_raters"]:
         lines.append(f"- flagged on gold items (left out): {', '.join(rep['excluded_raters'])}")
     ranking = [
-        [r["rank"], r["name"], round(r["score"]), f"[{r['ci_low']:.0f}, {r['ci_high']:.0f}]", r["wins"], r["losses"],
-         r["ties"]]
+        [
+            r["rank"],
+            r["name"],
+            round(r["score"]),
+            f"[{r['ci_low']:.0f}, {r['ci_high']:.0f}]",
+            r["wins"],
+            r["losses"],
+            r["ties"],
+        ]
         for r in rep.get("ranking", [])
-    ]  # fmt: skip
+    ]
     raters = []
     for r, n in sorted(rep["raters"].items()):
         g = rep["raters_gold"].get(r)

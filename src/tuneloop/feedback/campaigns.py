@@ -40,10 +40,16 @@ def create(campaign: Campaign, path: Path, say: Callable[[str], None] = print) -
     for model in campaign.models:
         if model.logged:
             answers[model.name] = [
-                {"model": model.name, "model_ref": f"request-log#{r.model}", "model_version": r.version,
-                 "text": r.output, "tokens": None, "correct": None}
+                {
+                    "model": model.name,
+                    "model_ref": f"request-log#{r.model}",
+                    "model_version": r.version,
+                    "text": r.output,
+                    "tokens": None,
+                    "correct": None,
+                }
                 for r in logged
-            ]  # fmt: skip
+            ]
             say(f"{model.name}: {len(logged)} answers from the request log")
             continue
         spec = ModelSpec(model.name, model.model or model.served_model or "served", model.endpoint)
@@ -51,16 +57,27 @@ def create(campaign: Campaign, path: Path, say: Callable[[str], None] = print) -
         got = engine.generate(prompts, campaign.generation)
         version = (info.get("weights_sha256") or "")[:16] or model.served_model
         answers[model.name] = [
-            {"model": model.name, "model_ref": spec.ref if not model.endpoint else f"{model.endpoint}#{spec.ref}",
-             "model_version": version, "text": a.text, "tokens": a.tokens, "correct": None}
+            {
+                "model": model.name,
+                "model_ref": spec.ref if not model.endpoint else f"{model.endpoint}#{spec.ref}",
+                "model_version": version,
+                "text": a.text,
+                "tokens": a.tokens,
+                "correct": None,
+            }
             for a in got
-        ]  # fmt: skip
+        ]
         say(f"{model.name}: {len(got)} answers, {sum(a.tokens for a in got)} tokens")
     items = [
-        {"prompt": prompt, "reference": references[i], "source": sources[i], "gold": False,
-         "responses": [answers[m.name][i] for m in campaign.models]}
+        {
+            "prompt": prompt,
+            "reference": references[i],
+            "source": sources[i],
+            "gold": False,
+            "responses": [answers[m.name][i] for m in campaign.models],
+        }
         for i, prompt in enumerate(prompts)
-    ]  # fmt: skip
+    ]
     items = _with_gold(items, campaign)
     spec = campaign.model_dump(mode="json")
     count = store.save_campaign(spec, guidelines, getpass.getuser(), items)
@@ -83,10 +100,15 @@ def _dataset_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], No
     say(f"{len(rows.prompts)} prompts from {campaign.data.source} ({campaign.split}), fingerprint {fingerprint}")
     references = [r[0] if r else None for r in rows.references] if rows.references else [None] * len(rows.prompts)
     sources = [
-        {"data": str(campaign.data.source), "task": campaign.data.task, "split": campaign.split, "row": i,
-         "fingerprint": fingerprint}
+        {
+            "data": str(campaign.data.source),
+            "task": campaign.data.task,
+            "split": campaign.split,
+            "row": i,
+            "fingerprint": fingerprint,
+        }
         for i in range(len(rows.prompts))
-    ]  # fmt: skip
+    ]
     return rows.prompts, references, sources, []
 
 
@@ -110,8 +132,10 @@ def _traffic_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], No
         what += " (passed over: " + ", ".join(f"{n} {why}" for why, n in skipped.items()) + ")"
     say(f"{what}, from {db.shown_url()}")
     if not logged:
-        raise TuneloopError(f"no usable requests in the log: {what}; widen `requests.since`, check "
-                            "`requests.model`, or serve with the request log on (not --no-request-log)")  # fmt: skip
+        raise TuneloopError(
+            f"no usable requests in the log: {what}; widen `requests.since`, check "
+            "`requests.model`, or serve with the request log on (not --no-request-log)"
+        )
     texts = [row_text({"prompt": r.prompt}, ["prompt"]) for r in logged]  # chat: the user turns
     ds = Dataset.from_dict({"text": texts, "log_row": list(range(len(logged)))})
     if req.prepare:
@@ -125,10 +149,19 @@ def _traffic_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], No
     fp = fingerprint(Dataset.from_dict({"request_id": [r.request_id for r in chosen]}))
     say(f"{len(chosen)} prompts sampled (seed {campaign.seed}), fingerprint {fp}")
     sources = [
-        {"requests": {"id": r.id, "request_id": r.request_id, "ts": r.ts.isoformat(), "endpoint": r.endpoint,
-                      "model": r.model, "version": r.version}, "fingerprint": fp}
+        {
+            "requests": {
+                "id": r.id,
+                "request_id": r.request_id,
+                "ts": r.ts.isoformat(),
+                "endpoint": r.endpoint,
+                "model": r.model,
+                "version": r.version,
+            },
+            "fingerprint": fp,
+        }
         for r in chosen
-    ]  # fmt: skip
+    ]
     return [r.prompt for r in chosen], [None] * len(chosen), sources, chosen
 
 
@@ -143,16 +176,32 @@ def _with_gold(items: list[dict[str, Any]], campaign: Campaign) -> list[dict[str
         decoys = [o["reference"] for o in with_ref if o["reference"] != it["reference"]]
         if not decoys:
             continue
-        gold.append({
-            "prompt": it["prompt"], "reference": it["reference"], "source": {**it["source"], "gold": True},
-            "gold": True,
-            "responses": [
-                {"model": GOLD_REFERENCE, "model_ref": "reference", "model_version": None, "text": it["reference"],
-                 "tokens": None, "correct": True},
-                {"model": GOLD_DECOY, "model_ref": "another prompt's reference", "model_version": None,
-                 "text": rng.choice(decoys), "tokens": None, "correct": False},
-            ],
-        })  # fmt: skip
+        gold.append(
+            {
+                "prompt": it["prompt"],
+                "reference": it["reference"],
+                "source": {**it["source"], "gold": True},
+                "gold": True,
+                "responses": [
+                    {
+                        "model": GOLD_REFERENCE,
+                        "model_ref": "reference",
+                        "model_version": None,
+                        "text": it["reference"],
+                        "tokens": None,
+                        "correct": True,
+                    },
+                    {
+                        "model": GOLD_DECOY,
+                        "model_ref": "another prompt's reference",
+                        "model_version": None,
+                        "text": rng.choice(decoys),
+                        "tokens": None,
+                        "correct": False,
+                    },
+                ],
+            }
+        )
     out = list(items)
     for g in gold:
         out.insert(rng.randrange(len(out) + 1), g)

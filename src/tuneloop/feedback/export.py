@@ -92,10 +92,16 @@ def _pairs(item: dict[str, Any], tasks: dict[str, list[dict]], rules: dict[str, 
     if top == "both_bad" and rules["both_bad"] == "rewrite" and tasks.get("rewrite"):
         better = tasks["rewrite"][0]["value"]["rewrite"]
         return [
-            {"prompt": _prompt(item), "chosen": _answer(better), "rejected": _answer(r["text"]),
-             "chosen_model": "rewrite", "rejected_model": r["model"], **_provenance(item, pairwise, n_top)}
+            {
+                "prompt": _prompt(item),
+                "chosen": _answer(better),
+                "rejected": _answer(r["text"]),
+                "chosen_model": "rewrite",
+                "rejected_model": r["model"],
+                **_provenance(item, pairwise, n_top),
+            }
             for r in responses.values()
-        ]  # fmt: skip
+        ]
     if top in ("tie", "both_bad"):
         return []
     # with more than two models each rater saw a random pair: the winner against what it was most often shown with
@@ -105,12 +111,16 @@ def _pairs(item: dict[str, Any], tasks: dict[str, list[dict]], rules: dict[str, 
         if top in (v["value"]["left"], v["value"]["right"])
     )
     lost = against.most_common(1)[0][0]
-    return [{
-        "prompt": _prompt(item),
-        "chosen": _answer(responses[top]["text"]), "rejected": _answer(responses[lost]["text"]),
-        "chosen_model": responses[top]["model"], "rejected_model": responses[lost]["model"],
-        **_provenance(item, pairwise, n_top),
-    }]  # fmt: skip
+    return [
+        {
+            "prompt": _prompt(item),
+            "chosen": _answer(responses[top]["text"]),
+            "rejected": _answer(responses[lost]["text"]),
+            "chosen_model": responses[top]["model"],
+            "rejected_model": responses[lost]["model"],
+            **_provenance(item, pairwise, n_top),
+        }
+    ]
 
 
 def _kto(item: dict[str, Any], tasks: dict[str, list[dict]], rules: dict[str, Any]) -> list[dict[str, Any]]:
@@ -130,26 +140,41 @@ def _kto(item: dict[str, Any], tasks: dict[str, list[dict]], rules: dict[str, An
                 continue
             label = mean >= rules["desirable_at"]
             agreeing = sum((s >= rules["desirable_at"]) == label for s in scores)
-            rows.append({
-                "prompt": _prompt(item), "completion": _answer(responses[rid]["text"]), "label": label,
-                "model": responses[rid]["model"], "mean_rating": mean, **_provenance(item, used, agreeing),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": _prompt(item),
+                    "completion": _answer(responses[rid]["text"]),
+                    "label": label,
+                    "model": responses[rid]["model"],
+                    "mean_rating": mean,
+                    **_provenance(item, used, agreeing),
+                }
+            )
         return rows
     for pair in _pairs(item, tasks, {**rules, "both_bad": "drop"}):
         for key, label in (("chosen", True), ("rejected", False)):
-            rows.append({
-                "prompt": pair["prompt"], "completion": pair[key], "label": label, "model": pair[f"{key}_model"],
-                **{k: pair[k] for k in ("item_id", "vote_ids", "raters", "agreement", "source_row", "request_id")},
-            })  # fmt: skip
+            rows.append(
+                {
+                    "prompt": pair["prompt"],
+                    "completion": pair[key],
+                    "label": label,
+                    "model": pair[f"{key}_model"],
+                    **{k: pair[k] for k in ("item_id", "vote_ids", "raters", "agreement", "source_row", "request_id")},
+                }
+            )
     return rows
 
 
 def _rewrites(item: dict[str, Any], rewrites: list[dict]) -> list[dict[str, Any]]:
     return [
-        {"prompt": _prompt(item), "completion": _answer(v["value"]["rewrite"]),
-         "rewritten_model": item["responses"][v["value"]["response"]]["model"], **_provenance(item, [v], 1)}
+        {
+            "prompt": _prompt(item),
+            "completion": _answer(v["value"]["rewrite"]),
+            "rewritten_model": item["responses"][v["value"]["response"]]["model"],
+            **_provenance(item, [v], 1),
+        }
         for v in rewrites
-    ]  # fmt: skip
+    ]
 
 
 def _write(

@@ -66,8 +66,9 @@ def run_round(
             rnd = store.save(rnd, state={"mlflow_run_id": _parent_run(recipe, rnd, say)})
         steps = {"campaign": _campaign, "votes": _votes, "export": _export, "train": _train}
         while rnd["step"] != "done" and rnd["status"] == "running":
-            rnd = steps[rnd["step"]](recipe, recipe_path, loop, rnd, say=say, wait=wait, sleep=sleep,
-                                     overrides=overrides)  # fmt: skip
+            rnd = steps[rnd["step"]](
+                recipe, recipe_path, loop, rnd, say=say, wait=wait, sleep=sleep, overrides=overrides
+            )
         if rnd["status"] in ("done", "stopped"):
             _finish_tracking(rnd, say)
         return rnd
@@ -82,10 +83,15 @@ def _parent_run(recipe: Recipe, rnd: dict[str, Any], say: Callable[[str], None])
         S.quiet()
         client = S.client()
         experiment = S.experiment_id(client, recipe.tracking.experiment or recipe.name)
-        tags = {"tuneloop.kind": "loop_round", "tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
-                "tuneloop.model": rnd["model"]}  # fmt: skip
-        run = S.retry(lambda: client.create_run(experiment, run_name=f"loop/{rnd['loop']}/round-{rnd['number']}",
-                                                tags=tags))  # fmt: skip
+        tags = {
+            "tuneloop.kind": "loop_round",
+            "tuneloop.loop": rnd["loop"],
+            "tuneloop.loop_round": str(rnd["number"]),
+            "tuneloop.model": rnd["model"],
+        }
+        run = S.retry(
+            lambda: client.create_run(experiment, run_name=f"loop/{rnd['loop']}/round-{rnd['number']}", tags=tags)
+        )
         return run.info.run_id
     except Exception as e:  # shown, never fatal
         say(f"warning: the round is not tracked in MLflow ({type(e).__name__}: {e})")
@@ -156,8 +162,9 @@ def _campaign(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any]
         created = datetime.now(UTC)
     created = created if created.tzinfo else created.replace(tzinfo=UTC)  # the votes' deadline counts from here
     traffic = {"since": spec.requests.since, "model": spec.requests.model} if spec.requests else None
-    return store.save(rnd, step="votes", state={"campaign": name, "campaign_created_at": created.isoformat(),
-                                                "traffic": traffic})  # fmt: skip
+    return store.save(
+        rnd, step="votes", state={"campaign": name, "campaign_created_at": created.isoformat(), "traffic": traffic}
+    )
 
 
 def usable_votes(campaign: str) -> int:
@@ -182,13 +189,17 @@ def _votes(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
             say(f"{n} usable votes on {campaign} (at least {loop.votes.min}): exporting")
             return store.save(rnd, step="export", state={"votes": n, "agreement": _agreement(campaign)})
         if datetime.now(UTC) >= deadline:
-            reason = (f"too few votes: {n} usable of the {loop.votes.min} needed by the deadline "
-                      f"({deadline:%Y-%m-%d %H:%M} UTC, `loop.votes.wait` {loop.votes.wait})")  # fmt: skip
+            reason = (
+                f"too few votes: {n} usable of the {loop.votes.min} needed by the deadline "
+                f"({deadline:%Y-%m-%d %H:%M} UTC, `loop.votes.wait` {loop.votes.wait})"
+            )
             say(f"round {rnd['number']} stopped: {reason}")
             return store.save(rnd, status="stopped", state={"votes": n, "decision": "stopped", "reason": reason})
         if not wait:
-            say(f"{n} of {loop.votes.min} usable votes on {campaign}; waiting until {deadline:%Y-%m-%d %H:%M} UTC "
-                "(run the loop again to continue)")  # fmt: skip
+            say(
+                f"{n} of {loop.votes.min} usable votes on {campaign}; waiting until {deadline:%Y-%m-%d %H:%M} UTC "
+                "(run the loop again to continue)"
+            )
             return store.save(rnd, status="waiting", state={"votes": n})
         if n != shown:
             say(f"{n} of {loop.votes.min} usable votes on {campaign}; waiting (deadline {deadline:%Y-%m-%d %H:%M} UTC)")
@@ -226,12 +237,21 @@ def _export(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], 
     train_rows = sum(1 for _ in (out / "train" / "train.jsonl").open())
     held = out / "held-out" / "test.jsonl"
     held_rows = sum(1 for _ in held.open()) if held.is_file() else 0
-    kw["say"](f"exported {manifest['rows']} {loop.export} rows from {manifest['votes_used']} votes: {train_rows} to "
-              f"train, {held_rows} held out -> {out}")  # fmt: skip
-    return store.save(rnd, step="train", state={"data_dir": str(out / "train"), "rows": train_rows,
-                                                "held_out_dir": str(held.parent) if held_rows else None,
-                                                "held_out_rows": held_rows,
-                                                "data_fingerprint": manifest["fingerprint"]})  # fmt: skip
+    kw["say"](
+        f"exported {manifest['rows']} {loop.export} rows from {manifest['votes_used']} votes: {train_rows} to "
+        f"train, {held_rows} held out -> {out}"
+    )
+    return store.save(
+        rnd,
+        step="train",
+        state={
+            "data_dir": str(out / "train"),
+            "rows": train_rows,
+            "held_out_dir": str(held.parent) if held_rows else None,
+            "held_out_rows": held_rows,
+            "data_fingerprint": manifest["fingerprint"],
+        },
+    )
 
 
 def _split(folder: Path, loop: Loop, seed: int) -> None:
@@ -262,7 +282,7 @@ def round_overrides(
     champion on the exported rows, judged against the champion by the recipe's evaluation and gate, registered
     under the same name. Overrides rather than a new file, so that launched training processes resolve the same
     recipe (relative paths included) as the round."""
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
 
     champion = f"models:/{model}@champion"
     exported = {"source": str(data_dir), "eval_split": None}
@@ -278,8 +298,10 @@ def round_overrides(
     ]
     if held_out is not None:  # the held-out votes as one more evaluation task, scored on both models
         base = load_recipe(recipe_path, overrides)
-        tasks = [t.model_dump(mode="json", by_alias=True, exclude_unset=True) for t in
-                 (base.evaluation.tasks if base.evaluation else [])]  # fmt: skip
+        tasks = [
+            t.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            for t in (base.evaluation.tasks if base.evaluation else [])
+        ]
         held = {"source": str(held_out), "eval_split": None}
         tasks.append({"name": "feedback", "kind": "preference", "data": held, "split": "test"})
         sets.append(f"evaluation.tasks={json.dumps(tasks)}")
@@ -293,20 +315,31 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     state = rnd["state"]
     model = rnd["model"]
     held = Path(state["held_out_dir"]) if state.get("held_out_dir") else None
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
 
     sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
     trained = load_recipe(recipe_path, sets)
     run_dir = round_dir(rnd["loop"], rnd["number"]) / "run"
     resume = (run_dir / "summary.json").exists() or (run_dir / "recipe.yaml").exists()
-    tags = {"tuneloop.loop": rnd["loop"], "tuneloop.loop_round": str(rnd["number"]),
-            "tuneloop.campaign": state["campaign"], "tuneloop.traffic": json.dumps(state.get("traffic"))}  # fmt: skip
+    tags = {
+        "tuneloop.loop": rnd["loop"],
+        "tuneloop.loop_round": str(rnd["number"]),
+        "tuneloop.campaign": state["campaign"],
+        "tuneloop.traffic": json.dumps(state.get("traffic")),
+    }
     say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
     if loop.launch and not (run_dir / "summary.json").exists():
         _launch(loop.launch, recipe_path, sets, run_dir, say)
         resume = True  # the launched processes trained; this one evaluates, gates, registers and promotes
-    result = pipeline.run(trained, recipe_path, run_dir=run_dir, resume=resume, say=say, tags=tags,
-                          parent_run_id=state.get("mlflow_run_id"))  # fmt: skip
+    result = pipeline.run(
+        trained,
+        recipe_path,
+        run_dir=run_dir,
+        resume=resume,
+        say=say,
+        tags=tags,
+        parent_run_id=state.get("mlflow_run_id"),
+    )
     reg, decision = result.registration, result.promotion
     promoted = bool(decision is not None and decision.promoted)
     evaluation = result.evaluation or {}
@@ -315,8 +348,11 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     cost: dict[str, Any] = {"compute": compute}
     if loop.votes.price is not None:  # rater time, priced per vote
         cost["raters"] = {"money": state.get("votes", 0) * loop.votes.price, "currency": compute.get("currency")}
-    cost["total"] = {"money": sum(c.get("money") or 0 for c in cost.values()), "currency": compute.get("currency"),
-                     "device_hours": compute.get("device_hours")}  # fmt: skip
+    cost["total"] = {
+        "money": sum(c.get("money") or 0 for c in cost.values()),
+        "currency": compute.get("currency"),
+        "device_hours": compute.get("device_hours"),
+    }
     summary = {
         "run_dir": str(result.run_dir),
         "version": reg.version if reg is not None else None,
@@ -350,5 +386,7 @@ def _launch(launcher: str, recipe_path: Path, sets: list[str], run_dir: Path, sa
     say(f"launching the training: {shlex.join([*words, '-m', 'tuneloop.train', str(recipe_path), '...'])}")
     code = subprocess.call(cmd, env=os.environ.copy())
     if code != 0:
-        raise TuneloopError(f"the launched training ({launcher}) exited with {code}; the round stays at its train "
-                            "step: run the loop again to resume it")  # fmt: skip
+        raise TuneloopError(
+            f"the launched training ({launcher}) exited with {code}; the round stays at its train "
+            "step: run the loop again to resume it"
+        )

@@ -78,8 +78,18 @@ def open_round(loop: str, model: str) -> dict[str, Any]:
             return _row(found)
         number = 1 if found is None else found["number"] + 1
         now = _now()
-        conn.execute(insert(rounds).values(loop=loop, number=number, model=model, status="running", step=STEPS[0],
-                                           started_at=now, updated_at=now, state="{}"))  # fmt: skip
+        conn.execute(
+            insert(rounds).values(
+                loop=loop,
+                number=number,
+                model=model,
+                status="running",
+                step=STEPS[0],
+                started_at=now,
+                updated_at=now,
+                state="{}",
+            )
+        )
     return get_round(loop, number)
 
 
@@ -155,8 +165,9 @@ def locked(model: str, stale_s: float = STALE_S, heartbeat_s: float = HEARTBEAT_
     def beat() -> None:
         while not stop.wait(heartbeat_s):
             with contextlib.suppress(Exception), db.engine().begin() as conn:
-                conn.execute(update(locks).where(locks.c.model == model, locks.c.holder == holder)
-                             .values(heartbeat_at=_now()))  # fmt: skip
+                conn.execute(
+                    update(locks).where(locks.c.model == model, locks.c.holder == holder).values(heartbeat_at=_now())
+                )
 
     thread = threading.Thread(target=beat, name=f"loop-lock-{model}", daemon=True)
     thread.start()

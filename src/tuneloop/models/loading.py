@@ -20,7 +20,7 @@ def resolve(ref: ModelRef, base_dir: Path, log=print) -> str:
     """A local directory or hub id for `from_pretrained`; pulls the built-in model on first use, downloads a
     registered version (`models:/NAME@ALIAS`) once, as full weights (an adapter merged into its base)."""
     if ref.name.startswith("models:/"):
-        from tuneloop.registry.materialize import full_model, materialize
+        from tuneloop.models.registered import full_model, materialize
 
         return str(full_model(materialize(ref.name, say=log)))
     if ref.name in builtin.BUILTIN_MODELS:
@@ -42,7 +42,7 @@ def provenance(ref: ModelRef, source: str) -> dict[str, Any]:
 
     info: dict[str, Any] = {"ref": ref.name, "revision": ref.revision, "path": source}
     if ref.name.startswith("models:/"):
-        from tuneloop.registry.materialize import registered_from
+        from tuneloop.models.registered import registered_from
 
         found = registered_from(source)
         if found:
@@ -51,7 +51,7 @@ def provenance(ref: ModelRef, source: str) -> dict[str, Any]:
         marker = builtin.path(ref.name) / builtin.MARKER
         info["sha256"] = json.loads(marker.read_text()).get("weights_sha256") if marker.is_file() else None
     elif Path(source).is_dir():
-        from tuneloop.eval.models import weights_sha256
+        from tuneloop.models.references import weights_sha256
 
         info["sha256"] = weights_sha256(source)
     else:
@@ -326,3 +326,13 @@ def drop_layers(model: Any, keep: list[int]) -> Any:
         config.layer_types = [config.layer_types[i] for i in keep]
     config.num_hidden_layers = len(keep)
     return model
+
+
+def quiet_libraries() -> None:
+    """Our progress bar and summary replace the per-step bars of datasets and transformers."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_warning()

@@ -1,4 +1,5 @@
-"""Which model an evaluation is about: a built-in name, a local checkpoint or adapter, a hub id, or a run.
+"""Model references, resolved: a built-in name, a local checkpoint or adapter, a hub id, a run directory, or a
+registered version (`models:/NAME@ALIAS`). Evaluation, serving, the registry and training all resolve them here.
 
 Also the guard users of other tools wish they had: a model fine-tuned by tuneloop records the chat template and
 prompt format it was trained with, and evaluating it with a different one is an error, not a quiet score drop.
@@ -31,7 +32,7 @@ def resolve_model(ref: str, base_dir: Path, say=print) -> EvalModel:
     from tuneloop.models.loading import resolve
 
     if ref.startswith("models:/"):
-        from tuneloop.registry.materialize import materialize, registered_from
+        from tuneloop.models.registered import materialize, registered_from
 
         path = materialize(ref, say=say)
         found = registered_from(path) or {}
@@ -110,6 +111,11 @@ def _dtype():
     return torch.bfloat16 if torch.cuda.is_available() else torch.float32
 
 
+def sha256_text(text: str | None) -> str | None:
+    """Hash of a chat template (or any text) for provenance; None for none."""
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
+
+
 def weights_sha256(path: str) -> str | None:
     """Content hash of a local checkpoint's weight files (adapter or full), for the results' provenance."""
     local = Path(path)
@@ -126,7 +132,6 @@ def weights_sha256(path: str) -> str | None:
 
 def training_record(tokenizer: Any, fmt: Format | None, base_model: str, recipe: str, stage: str) -> dict[str, Any]:
     """What a trained model must be evaluated with; written next to its weights by every training stage."""
-    from tuneloop.eval.backends import sha256_text
 
     return {
         "recipe": recipe,

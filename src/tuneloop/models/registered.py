@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneloop import workspace
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.uri import ModelUri, parse_model_uri
+from tuneloop.models.uri import ModelUri, parse_model_uri
 from tuneloop.tracking import store
 
 MODEL_RECORD = "tuneloop-model.json"  # written at registration: kind, base, parent, weights hash
@@ -103,7 +103,7 @@ def materialize(ref: ModelUri | str, say: Callable[[str], None] = print) -> Path
 
 
 def _verify(root: Path, mv: Any) -> None:
-    from tuneloop.eval.models import weights_sha256
+    from tuneloop.models.references import weights_sha256
 
     expected = (mv.tags or {}).get("tuneloop.weights_sha256")
     if not expected:

@@ -51,26 +51,33 @@ def run_check(
         "drift": None,
     }
     if len(window.prompts) < monitor.window.min_requests:
-        say(f"{len(window.prompts)} request(s) in the last {monitor.window.since}; drift is judged from "
-            f"{monitor.window.min_requests} (monitor.window.min_requests)")  # fmt: skip
+        say(
+            f"{len(window.prompts)} request(s) in the last {monitor.window.since}; drift is judged from "
+            f"{monitor.window.min_requests} (monitor.window.min_requests)"
+        )
     else:
         ref = R.reference(recipe, recipe_path, monitor, say=say)
         say(f"comparing {len(window.prompts)} request(s) with {len(ref.prompts)} reference row(s): {ref.meta['what']}")
         report["reference"] = {"what": ref.meta["what"], "rows": len(ref.prompts)}
         say("embedding prompts with all-MiniLM-L6-v2 (the reference's embeddings are cached for later checks)")
         embedding = D.embedding_drift(
-            R.embeddings(ref.prompts), D.embed(window.prompts), monitor.drift.embedding_auc,
-            monitor.drift.embedding_p_value, seed=monitor.seed,
-        )  # fmt: skip
+            R.embeddings(ref.prompts),
+            D.embed(window.prompts),
+            monitor.drift.embedding_auc,
+            monitor.drift.embedding_p_value,
+            seed=monitor.seed,
+        )
         if "language" in monitor.drift.descriptors:
             say("detecting languages (lingua, offline)")
         scores = embedding.pop("window_scores")
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])[: D.EXAMPLES]
         embedding["most_unlike_reference"] = [{"prompt": window.prompts[i][:500], "score": scores[i]} for i in ranked]
-        descriptors = D.descriptor_drift(ref, window, list(monitor.drift.descriptors), monitor.drift.p_value,
-                                         seed=monitor.seed)  # fmt: skip
-        report.update(embedding=embedding, descriptors=descriptors,
-                      drift=D.verdict(embedding, descriptors, monitor.drift.share))  # fmt: skip
+        descriptors = D.descriptor_drift(
+            ref, window, list(monitor.drift.descriptors), monitor.drift.p_value, seed=monitor.seed
+        )
+        report.update(
+            embedding=embedding, descriptors=descriptors, drift=D.verdict(embedding, descriptors, monitor.drift.share)
+        )
         report["plots_data"] = {
             "reference_prompt_words": [D.words(t) for t in ref.prompts],
             "window_prompt_words": [D.words(t) for t in window.prompts],
@@ -86,8 +93,9 @@ def run_check(
     write_report(report, out, store.history(name, limit=200))
     drift = report["drift"]
     auc = report["embedding"]["roc_auc"] if report["embedding"] else None
-    report["id"] = store.record(name, now, len(window.prompts), None if drift is None else drift["drift"], auc,
-                                decision, reasons, str(out))  # fmt: skip
+    report["id"] = store.record(
+        name, now, len(window.prompts), None if drift is None else drift["drift"], auc, decision, reasons, str(out)
+    )
     _track(recipe, name, report)
     return report
 
@@ -108,7 +116,8 @@ def _triggers(
         if votes >= t.new_votes:
             reasons.append(f"new votes: {votes} since the last round (at least {t.new_votes})")
     if t.thumbs_down is not None:
-        from tuneloop.serve.traffic import feedback_counts, parse_when
+        from tuneloop.config.when import parse_when
+        from tuneloop.serve.traffic import feedback_counts
 
         counts = feedback_counts(monitor.window.model, parse_when(monitor.window.since, now))
         rated = counts["up"] + counts["down"]
@@ -177,9 +186,13 @@ def _track(recipe: Recipe, name: str, report: dict[str, Any]) -> None:
         client = S.client()
         experiment = S.experiment_id(client, recipe.tracking.experiment or recipe.name)
         found = client.search_runs([experiment], f"tags.`tuneloop.monitor` = '{name}'", max_results=1)
-        run_id = found[0].info.run_id if found else client.create_run(
-            experiment, run_name=f"monitor/{name}", tags={"tuneloop.kind": "monitor", "tuneloop.monitor": name}
-        ).info.run_id  # fmt: skip
+        run_id = (
+            found[0].info.run_id
+            if found
+            else client.create_run(
+                experiment, run_name=f"monitor/{name}", tags={"tuneloop.kind": "monitor", "tuneloop.monitor": name}
+            ).info.run_id
+        )
         ts = int(datetime.fromisoformat(report["checked_at"]).timestamp() * 1000)
         values = {"requests": report["window"]["requests"], "triggered": float(report["decision"] == "fired")}
         if report["embedding"]:

@@ -148,13 +148,22 @@ def descriptor_drift(reference: Texts, window: Texts, names: list[str], p_value:
             ref = [words(t) for t in reference.prompts]
             win = [words(t) for t in window.prompts]
             stat, p = _ks(ref, win)
-            row.update(test="Kolmogorov–Smirnov", statistic=stat, reference=float(np.median(ref)),
-                       window=float(np.median(win)), summary="median words")  # fmt: skip
+            row.update(
+                test="Kolmogorov–Smirnov",
+                statistic=stat,
+                reference=float(np.median(ref)),
+                window=float(np.median(win)),
+                summary="median words",
+            )
         elif name == "language":
             ref_c, win_c = _languages(reference, seed), _languages(window, seed)
             p = _language_test(ref_c, win_c)
-            row.update(test="chi-squared", reference=dict(ref_c.most_common(5)), window=dict(win_c.most_common(5)),
-                       summary="languages detected (lingua)")  # fmt: skip
+            row.update(
+                test="chi-squared",
+                reference=dict(ref_c.most_common(5)),
+                window=dict(win_c.most_common(5)),
+                summary="languages detected (lingua)",
+            )
         elif reference.outputs is None or window.outputs is None:
             rows.append({**row, "skipped": "the reference has no answers to compare with"})
             continue
@@ -162,15 +171,24 @@ def descriptor_drift(reference: Texts, window: Texts, names: list[str], p_value:
             ref = [words(t) for t in reference.outputs]
             win = [words(t) for t in window.outputs]
             stat, p = _ks(ref, win)
-            row.update(test="Kolmogorov–Smirnov", statistic=stat, reference=float(np.median(ref)),
-                       window=float(np.median(win)), summary="median words")  # fmt: skip
+            row.update(
+                test="Kolmogorov–Smirnov",
+                statistic=stat,
+                reference=float(np.median(ref)),
+                window=float(np.median(win)),
+                summary="median words",
+            )
         else:
             hit = (lambda t: bool(REFUSAL.match(t))) if name == "refusal_rate" else (lambda t: not t.strip())
             ref_hits = sum(map(hit, reference.outputs))
             win_hits = sum(map(hit, window.outputs))
             p = _rate_test(ref_hits, len(reference.outputs), win_hits, len(window.outputs))
-            row.update(test="Fisher's exact", reference=ref_hits / max(1, len(reference.outputs)),
-                       window=win_hits / max(1, len(window.outputs)), summary="share of answers")  # fmt: skip
+            row.update(
+                test="Fisher's exact",
+                reference=ref_hits / max(1, len(reference.outputs)),
+                window=win_hits / max(1, len(window.outputs)),
+                summary="share of answers",
+            )
         rows.append({**row, "p_value": p, "drift": bool(p < p_value)})
     return rows
 

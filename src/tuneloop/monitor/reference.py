@@ -54,8 +54,11 @@ def reference(recipe: Recipe, recipe_path: Path, monitor: Monitor, say: Callable
         raise TuneloopError(f"the monitor's reference ({texts.meta['what']}) has no rows")
     if len(texts.prompts) > ref.max_rows:
         keep = sorted(np.random.default_rng(monitor.seed).choice(len(texts.prompts), ref.max_rows, replace=False))
-        texts = Texts([texts.prompts[i] for i in keep],
-                      None if texts.outputs is None else [texts.outputs[i] for i in keep], texts.meta)  # fmt: skip
+        texts = Texts(
+            [texts.prompts[i] for i in keep],
+            None if texts.outputs is None else [texts.outputs[i] for i in keep],
+            texts.meta,
+        )
     return texts
 
 
@@ -65,8 +68,8 @@ def _registered_name(recipe: Recipe) -> str:
 
 
 def _champion_recipe(name: str) -> tuple[Recipe, Path, str]:
-    from tuneloop.config.loader import load_recipe
-    from tuneloop.registry.materialize import get_version
+    from tuneloop.models.registered import get_version
+    from tuneloop.recipes import load_recipe
     from tuneloop.registry.promotion import _version_file
 
     try:

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneloop.eval.report import PALETTE, _plot_style, _svg
+from tuneloop.plots import PALETTE, plot_style, svg
 
 TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>monitor {{ r.monitor }} · {{ r.checked_at }}</title>
@@ -83,7 +83,7 @@ def _length_plot(report: dict[str, Any]) -> str:
         return ""
     from matplotlib.figure import Figure
 
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(7, 2.6), layout="constrained")
         ax = fig.subplots()
         top = max(max(data["reference_prompt_words"], default=1), max(data["window_prompt_words"], default=1))
@@ -95,7 +95,7 @@ def _length_plot(report: dict[str, Any]) -> str:
         ax.set_xlabel("prompt length (words)")
         ax.set_yticks([])
         ax.legend()
-        return _svg(fig)
+        return svg(fig)
 
 
 def _history_plot(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
@@ -110,7 +110,7 @@ def _history_plot(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
         return ""
     from matplotlib.figure import Figure
 
-    with _plot_style():
+    with plot_style():
         fig = Figure(figsize=(7, 2.4), layout="constrained")
         ax = fig.subplots()
         ax.plot([p[0] for p in points], [p[1] for p in points], "-o", color=PALETTE[0], ms=3, label="ROC-AUC")
@@ -121,4 +121,4 @@ def _history_plot(report: dict[str, Any], history: list[dict[str, Any]]) -> str:
         ax.set_ylabel("embedding ROC-AUC")
         ax.legend(fontsize=8)
         fig.autofmt_xdate()
-        return _svg(fig)
+        return svg(fig)

@@ -28,8 +28,16 @@ checks = Table(
 )
 
 
-def record(monitor: str, ts: datetime, requests: int, drift: bool | None, auc: float | None, decision: str,
-           reasons: list[str], report: str | None) -> int:  # fmt: skip
+def record(
+    monitor: str,
+    ts: datetime,
+    requests: int,
+    drift: bool | None,
+    auc: float | None,
+    decision: str,
+    reasons: list[str],
+    report: str | None,
+) -> int:
     from tuneloop import db
 
     assert decision in DECISIONS, decision

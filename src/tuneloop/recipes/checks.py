@@ -9,8 +9,9 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.data_checks import Found, check_data, module_problems, template_fields
 from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe
+from tuneloop.config.templates import template_fields
+from tuneloop.recipes.data_checks import Found, check_data, module_problems
 
 
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
@@ -144,8 +145,12 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
         task_kind = _task_kind(task, default_data)
         if task.reward_model:
             if task_kind != "generation":
-                found.append(((*here, "reward_model"), f"a reward model scores generated answers; {task.name} is a "
-                              f"{task_kind} task"))  # fmt: skip
+                found.append(
+                    (
+                        (*here, "reward_model"),
+                        f"a reward model scores generated answers; {task.name} is a {task_kind} task",
+                    )
+                )
             found += [((*here, "reward_model"), msg) for msg in model_ref_problems(task.reward_model, base_dir)]
         if task_kind == "classification" and not task.labels:
             has = kind == "builtin" and data.task and builtin.task(str(data.source), data.task).labels
@@ -196,9 +201,12 @@ def check_campaign(campaign, base_dir: Path) -> Found:
             fmt = None
         if fmt is not None and not fmt.completion:
             found.append(
-                (("gold_share",), "gold items are built from references, and this data's format has no "
-                 "`completion`; set gold_share: 0 or give the format a completion")
-            )  # fmt: skip
+                (
+                    ("gold_share",),
+                    "gold items are built from references, and this data's format has no "
+                    "`completion`; set gold_share: 0 or give the format a completion",
+                )
+            )
     return found
 
 
@@ -212,7 +220,7 @@ def model_ref_problems(name: str, base_dir: Path) -> list[str]:
     from tuneloop.models.builtin import BUILTIN_MODELS
 
     if name.startswith("models:/"):
-        from tuneloop.registry.uri import parse_model_uri
+        from tuneloop.models.uri import parse_model_uri
 
         try:
             parse_model_uri(name)
@@ -269,9 +277,12 @@ def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
                 ref = reward_reference(reward, fmt)
                 if ref is None:
                     found.append(
-                        ((*at, "reference"), "rougeL needs a reference: give `reference: COLUMN` or a `completion` "
-                         "template in the data's format")
-                    )  # fmt: skip
+                        (
+                            (*at, "reference"),
+                            "rougeL needs a reference: give `reference: COLUMN` or a `completion` "
+                            "template in the data's format",
+                        )
+                    )
                 elif columns is not None and ref not in columns:
                     hint = trainer_fields.closest(ref, columns)
                     did = f" (did you mean {hint}?)" if hint else ""
@@ -288,9 +299,12 @@ def _check_distill(recipe: Recipe, i: int, fmt, columns: list[str] | None, base_
         has_completion = fmt.shape() == "prompt_completion" if fmt is not None else "completion" in columns
         if not has_completion:
             found.append(
-                ((*here, "mode"), "off_policy distillation trains on the data's completions, and this data has "
-                 "only prompts; give the format a `completion` template, or use `mode: on_policy`")
-            )  # fmt: skip
+                (
+                    (*here, "mode"),
+                    "off_policy distillation trains on the data's completions, and this data has "
+                    "only prompts; give the format a `completion` template, or use `mode: on_policy`",
+                )
+            )
     if stage.teacher:
         found += [((*here, "teacher"), msg) for msg in model_ref_problems(stage.teacher, base_dir)]
     student = stage.student
@@ -306,18 +320,24 @@ def _check_distill(recipe: Recipe, i: int, fmt, columns: list[str] | None, base_
         other = local_model_config(student.from_, base_dir)
         if other is not None and other.get("vocab_size") != teacher.get("vocab_size"):
             found.append(
-                ((*here, "student", "from"), f"the student's vocabulary ({other.get('vocab_size')} tokens) differs "
-                 f"from the teacher's ({teacher_name}: {teacher.get('vocab_size')}); distillation compares "
-                 "next-token distributions token by token, so both need the same tokenizer")
-            )  # fmt: skip
+                (
+                    (*here, "student", "from"),
+                    f"the student's vocabulary ({other.get('vocab_size')} tokens) differs "
+                    f"from the teacher's ({teacher_name}: {teacher.get('vocab_size')}); distillation compares "
+                    "next-token distributions token by token, so both need the same tokenizer",
+                )
+            )
     layers = teacher.get("num_hidden_layers")
     if isinstance(student.keep_layers, list) and isinstance(layers, int):
         outside = [n for n in student.keep_layers if n >= layers]
         if outside:
             found.append(
-                ((*here, "student", "keep_layers"), f"layers {outside} do not exist: the teacher ({teacher_name}) "
-                 f"has {layers} layers, numbered 0-{layers - 1}")
-            )  # fmt: skip
+                (
+                    (*here, "student", "keep_layers"),
+                    f"layers {outside} do not exist: the teacher ({teacher_name}) "
+                    f"has {layers} layers, numbered 0-{layers - 1}",
+                )
+            )
     return found
 
 
@@ -372,9 +392,12 @@ def _check_generation_counts(stage, here: tuple) -> Found:
         what = f"per_device_train_batch_size × steps_per_generation = {per_device} × {steps} = {batch}"
     if not all(isinstance(v, int) for v in (batch, n)) or batch % n:
         return [
-            ((*at, key), f"the generation batch ({what}) must be a multiple of num_generations={n}: each prompt's "
-             f"{n} samples are compared with each other")
-        ]  # fmt: skip
+            (
+                (*at, key),
+                f"the generation batch ({what}) must be a multiple of num_generations={n}: each prompt's "
+                f"{n} samples are compared with each other",
+            )
+        ]
     return []
 
 

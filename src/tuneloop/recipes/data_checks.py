@@ -6,24 +6,13 @@ Split out of checks.py (recipe-level checks); still no torch here.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
 from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
+from tuneloop.config.templates import template_fields
 
 Found = list[tuple[tuple, str]]
-
-
-def template_fields(template: str) -> list[str]:
-    """Column names a `{column}` template refers to."""
-    import string
-
-    names = []
-    for _, field, _, _ in string.Formatter().parse(template):
-        if field is not None:
-            names.append(re.split(r"[.\[!:]", field, maxsplit=1)[0])
-    return names
 
 
 # What each method needs to find in its rows when there is no format block (TRL's own column names) ...
@@ -195,9 +184,12 @@ def _check_columns(data: Data, loc: tuple, columns: list[str], fmt, method: str)
             if fits and data.format is None:
                 example = "the built-in " + " or ".join(f"{{source: {d}, task: {t}}}" for d, t in fits)
             found.append(
-                ((*loc, "format"), f"{method} trains on {wanted}; this data's format gives {SHAPE_WORDS[shape]}"
-                 + (f". E.g. {example}" if example else ""))
-            )  # fmt: skip
+                (
+                    (*loc, "format"),
+                    f"{method} trains on {wanted}; this data's format gives {SHAPE_WORDS[shape]}"
+                    + (f". E.g. {example}" if example else ""),
+                )
+            )
         if fmt.messages:
             if fmt.messages not in columns:
                 found.append(

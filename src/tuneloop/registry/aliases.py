@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.materialize import LOCK_SUFFIX
+from tuneloop.models.registered import LOCK_SUFFIX
 from tuneloop.tracking import store
 
 HISTORY_PREFIX = "tuneloop.history."

@@ -47,8 +47,12 @@ def model_card(
     if summary.get("smoke"):
         rows.append(("smoke run", "tiny random model of the base architecture: for checking the path only"))
     lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
-    lines += ["## Training", "", "| stage | method | data fingerprints | steps | train loss | eval loss | tokens/s |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += [
+        "## Training",
+        "",
+        "| stage | method | data fingerprints | steps | train loss | eval loss | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for s in summary.get("stages", []):
         fps = ", ".join(f"{k} `{v}`" for k, v in (s.get("data_fingerprints") or {}).items())
         lines.append(

@@ -7,8 +7,8 @@ import json
 from typing import Any
 
 from tuneloop.errors import TuneloopError
-from tuneloop.registry.materialize import get_version
-from tuneloop.registry.uri import ModelUri
+from tuneloop.models.registered import get_version
+from tuneloop.models.uri import ModelUri
 
 
 def chain(uri: ModelUri | str) -> list[Any]:
@@ -56,8 +56,11 @@ def tree(uri: ModelUri | str) -> Any:
     base = tags.get("tuneloop.base_model")
     if base and not tags.get("tuneloop.parent"):
         digest = tags.get("tuneloop.base_model_sha256") or tags.get("tuneloop.base_model_commit")
-        extra = f" (weights sha256 {digest[:16]}…)" if tags.get("tuneloop.base_model_sha256") else (
-            f" (commit {digest})" if digest else "")  # fmt: skip
+        extra = (
+            f" (weights sha256 {digest[:16]}…)"
+            if tags.get("tuneloop.base_model_sha256")
+            else (f" (commit {digest})" if digest else "")
+        )
         node.add(f"[dim]trained from[/] base model [bold]{base}[/]{extra}")
     return root
 

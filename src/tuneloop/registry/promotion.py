@@ -25,8 +25,8 @@ from tuneloop.config.evaluation import GateRule
 from tuneloop.errors import TuneloopError
 from tuneloop.eval.runner import ModelRun, ModelSpec, compare, evaluate_model, load_run, write_results
 from tuneloop.eval.suite import Suite
+from tuneloop.models.registered import cache_dir, get_version
 from tuneloop.registry import aliases
-from tuneloop.registry.materialize import cache_dir, get_version
 from tuneloop.tracking import store
 
 
@@ -67,8 +67,16 @@ def promote(
             raise TuneloopError("--force needs --reason: say why the gate is overridden (it is recorded)")
         with aliases.locked(c, name):
             before = aliases.current(c, name, aliases.CHAMPION)
-            aliases.move(c, name, aliases.CHAMPION, version, "promote", reason=reason, forced=True,
-                         detail="forced: gate not evaluated")  # fmt: skip
+            aliases.move(
+                c,
+                name,
+                aliases.CHAMPION,
+                version,
+                "promote",
+                reason=reason,
+                forced=True,
+                detail="forced: gate not evaluated",
+            )
             _clear_challenger(c, name, version)
         return Decision(name, version, True, before, f"forced by {aliases.who()}: {reason}", forced=True)
     evaluated: list[str] = []
@@ -99,9 +107,15 @@ def promote(
             if not verdict["passed"]:
                 failed = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"] if not r["passed"])
                 return Decision(
-                    name, version, False, champion, f"not promoted: gate failed against champion version "
-                    f"{champion}: {failed}", verdict, report, evaluated=evaluated,
-                )  # fmt: skip
+                    name,
+                    version,
+                    False,
+                    champion,
+                    f"not promoted: gate failed against champion version {champion}: {failed}",
+                    verdict,
+                    report,
+                    evaluated=evaluated,
+                )
             passed = "; ".join(f"{r['rule']}: {r['detail']}" for r in verdict["rules"])
             why = f"passed the gate against champion version {champion}: {passed}"
         with aliases.locked(c, name):
@@ -144,8 +158,9 @@ def rollback(name: str, reason: str | None = None) -> Decision:
             break
         if previous is None:
             raise TuneloopError(f"{name}: version {now} is the first champion in the history; nothing to roll back to")
-        aliases.move(c, name, aliases.CHAMPION, previous, "rollback", reason=reason,
-                     detail=f"rolled back from version {now}")  # fmt: skip
+        aliases.move(
+            c, name, aliases.CHAMPION, previous, "rollback", reason=reason, detail=f"rolled back from version {now}"
+        )
     return Decision(name, previous, True, now, f"rolled back from version {now} to version {previous}")
 
 
@@ -194,8 +209,15 @@ def _task_dumps(suite: Suite) -> list[dict[str, Any]]:
 
 def task_key(name: str, kind: str, metrics: list[str], generation: dict, labels: Any, fp: Any, backend: str) -> str:
     """What makes two evaluations of one task comparable: same rows, metrics, decoding, labels and engine."""
-    body = {"name": name, "kind": kind, "metrics": sorted(m for m in metrics if not m.startswith("evaluate:")),
-            "generation": generation, "labels": labels, "fingerprint": fp, "backend": backend}  # fmt: skip
+    body = {
+        "name": name,
+        "kind": kind,
+        "metrics": sorted(m for m in metrics if not m.startswith("evaluate:")),
+        "generation": generation,
+        "labels": labels,
+        "fingerprint": fp,
+        "backend": backend,
+    }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -221,9 +243,14 @@ def _result_keys(results: dict[str, Any], entry: dict[str, Any]) -> dict[str, st
         generation = Generation.model_validate(config.get("generation") or {}).model_dump(mode="json")
         labels = (body.get("classification") or {}).get("labels") or config.get("labels")
         keys[task] = task_key(
-            task, body["kind"], list(body.get("metrics") or {}), generation, labels,
-            (body.get("data") or {}).get("fingerprint"), entry.get("backend", ""),
-        )  # fmt: skip
+            task,
+            body["kind"],
+            list(body.get("metrics") or {}),
+            generation,
+            labels,
+            (body.get("data") or {}).get("fingerprint"),
+            entry.get("backend", ""),
+        )
     return keys
 
 
@@ -294,9 +321,14 @@ def _evaluate(name: str, version: str, tasks: list[Any], suite: Suite, backend: 
     with progress_bars() as progress:
         run = evaluate_model(
             ModelSpec(f"{name}/{version}", f"models:/{name}/{version}"),
-            tasks, backend=backend, base_dir=suite.base_dir, resamples=suite.resamples, say=say,
-            progress=progress, price=price,
-        )  # fmt: skip
+            tasks,
+            backend=backend,
+            base_dir=suite.base_dir,
+            resamples=suite.resamples,
+            say=say,
+            progress=progress,
+            price=price,
+        )
     return remember(name, version, run, suite, _wanted_keys(tasks, backend))
 
 
@@ -323,8 +355,8 @@ def recorded_suite(
 ) -> tuple[Suite, list[GateRule]]:
     """The suite and gate of the recipe the version was trained with (its registered recipe.yaml), unless the
     caller gives them. Relative data paths are read from the recipe's original directory."""
-    from tuneloop.config.loader import load_recipe
     from tuneloop.eval.suite import from_recipe
+    from tuneloop.recipes import load_recipe
 
     mv = get_version(f"models:/{name}/{version}")
     recipe_file = _version_file(name, version, "recipe.yaml")

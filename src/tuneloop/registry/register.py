@@ -25,8 +25,8 @@ from typing import Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.errors import TuneloopError
+from tuneloop.models.registered import MODEL_RECORD
 from tuneloop.registry import aliases
-from tuneloop.registry.materialize import MODEL_RECORD
 from tuneloop.tracking import RunTracker, store
 
 ARTIFACT_PATH = "registered-model"
@@ -90,7 +90,7 @@ def register_run(
 def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> Registration:
     """`tuneloop registry register RUN_DIR`: a run trained by `tuneloop train` (or on a cluster) and evaluated
     afterwards, registered as `tuneloop run` would have; its MLflow run is reopened (or created) for it."""
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
     from tuneloop.train import begin_tracking, runs
 
     run_dir = run_dir.resolve()
@@ -143,8 +143,8 @@ def _stage(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Lay out the version's files in `out`; returns the model record (also written as tuneloop-model.json)."""
-    from tuneloop.eval.models import weights_sha256
     from tuneloop.models.loading import merge_adapter
+    from tuneloop.models.references import weights_sha256
 
     model_dir = Path(summary["model_dir"])
     base = summary.get("base_model") or {}
@@ -249,10 +249,21 @@ def lineage_tags(
             tags[f"tuneloop.base_model_{key}"] = str(base[key])
     if record.get("parent"):
         tags["tuneloop.parent"] = record["parent"]
-    for key in ("tuneloop.recipe", "tuneloop.recipe_path", "tuneloop.recipe_sha256", "tuneloop.code.commit",
-                "tuneloop.code.dirty", "tuneloop.package.commit", "tuneloop.version", "tuneloop.sweep",
-                "tuneloop.sweep_trial", "tuneloop.loop", "tuneloop.loop_round", "tuneloop.campaign",
-                "tuneloop.traffic"):  # fmt: skip
+    for key in (
+        "tuneloop.recipe",
+        "tuneloop.recipe_path",
+        "tuneloop.recipe_sha256",
+        "tuneloop.code.commit",
+        "tuneloop.code.dirty",
+        "tuneloop.package.commit",
+        "tuneloop.version",
+        "tuneloop.sweep",
+        "tuneloop.sweep_trial",
+        "tuneloop.loop",
+        "tuneloop.loop_round",
+        "tuneloop.campaign",
+        "tuneloop.traffic",
+    ):
         if key in run_tags:
             tags[key] = run_tags[key]
     for s in summary.get("stages", []):

@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.table import Table
 
+from tuneloop.models.registered import LOCK_SUFFIX
 from tuneloop.registry import aliases
 from tuneloop.registry.lineage import facts, metric_text
-from tuneloop.registry.materialize import LOCK_SUFFIX
 
 MAX_METRIC_COLUMNS = 3
 
@@ -26,23 +26,63 @@ def _aliases(model: Any, version: str) -> str:
     return " ".join(f"@{a}" for a, v in sorted(model.aliases.items()) if str(v) == str(version))
 
 
-def models_table(c: Any) -> Table:
-    table = Table(title="registered models", title_justify="left")
-    for col in ("name", "versions", "@champion", "@challenger", "latest", "updated", "description"):
-        table.add_column(col, justify="right" if col in ("versions", "latest") else "left")
+def _iso(ms: int | None) -> str | None:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat() if ms else None
+
+
+def models(c: Any) -> list[dict[str, Any]]:
+    """Registered models (not their promotion locks) with their champion, challenger and latest version."""
+    found = []
     for m in sorted(c.search_registered_models(max_results=1000), key=lambda m: m.name):
         if m.name.endswith(LOCK_SUFFIX):
             continue
         versions = c.search_model_versions(f"name='{m.name}'")
-        latest = max((int(v.version) for v in versions), default=None)
+        found.append(
+            {
+                "name": m.name,
+                "versions": len(versions),
+                "champion": m.aliases.get(aliases.CHAMPION),
+                "challenger": m.aliases.get(aliases.CHALLENGER),
+                "latest": max((int(v.version) for v in versions), default=None),
+                "updated": _iso(m.last_updated_timestamp),
+                "description": m.description or "",
+            }
+        )
+    return found
+
+
+def version_record(mv: Any) -> dict[str, Any]:
+    """One version as JSON: its tuneloop tags decoded (metrics, cost and gate are JSON strings in MLflow)."""
+    tags = {}
+    for key, value in sorted((mv.tags or {}).items()):
+        try:
+            tags[key] = json.loads(value) if value[:1] in "[{" else value
+        except ValueError:
+            tags[key] = value
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "aliases": sorted(mv.aliases or []),
+        "created": _iso(mv.creation_timestamp),
+        "source": getattr(mv, "source", None),
+        "run_id": getattr(mv, "run_id", None),
+        "tags": tags,
+    }
+
+
+def models_table(c: Any) -> Table:
+    table = Table(title="registered models", title_justify="left")
+    for col in ("name", "versions", "@champion", "@challenger", "latest", "updated", "description"):
+        table.add_column(col, justify="right" if col in ("versions", "latest") else "left")
+    for m in models(c):
         table.add_row(
-            m.name,
-            str(len(versions)),
-            str(m.aliases.get(aliases.CHAMPION, "—")),
-            str(m.aliases.get(aliases.CHALLENGER, "—")),
-            str(latest or "—"),
-            _when(m.last_updated_timestamp),
-            (m.description or "").splitlines()[0][:60] if m.description else "",
+            m["name"],
+            str(m["versions"]),
+            str(m["champion"] or "—"),
+            str(m["challenger"] or "—"),
+            str(m["latest"] or "—"),
+            (m["updated"] or "—").replace("T", " ")[:16],
+            m["description"].splitlines()[0][:60] if m["description"] else "",
         )
     return table
 

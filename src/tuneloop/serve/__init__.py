@@ -80,9 +80,9 @@ def _deployment(refs: list[str], config: ServeConfig, names: list[str] | None, s
 
 def _alias_targets(refs: list[str], alias: str, say: Callable[[str], None]) -> dict[str, str]:
     """Start on what the followed alias names now (`serve models:/q/1 --follow champion` serves the champion)."""
+    from tuneloop.models.registered import registered_model
+    from tuneloop.models.uri import parse_model_uri
     from tuneloop.registry.aliases import current
-    from tuneloop.registry.materialize import registered_model
-    from tuneloop.registry.uri import parse_model_uri
     from tuneloop.tracking import store
 
     c = store.client()
@@ -129,8 +129,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-async def _serve(engine: Any, config: ServeConfig, keyring: Any, log: Any, sock: socket.socket,
-                 say: Callable[[str], None]) -> int:  # fmt: skip
+async def _serve(
+    engine: Any, config: ServeConfig, keyring: Any, log: Any, sock: socket.socket, say: Callable[[str], None]
+) -> int:
     import uvicorn
 
     from tuneloop.serve.gateway import Gateway
@@ -142,13 +143,21 @@ async def _serve(engine: Any, config: ServeConfig, keyring: Any, log: Any, sock:
     state_file = engine.log_dir / "serve.json"
     gateway = Gateway(config, engine, keyring, log, say, on_change=lambda g: _write_state(g, url, state_file))
     _write_state(gateway, url, state_file)
-    server = uvicorn.Server(uvicorn.Config(
-        gateway.app(), log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=int(config.drain_timeout_s), backlog=2048,
-    ))  # fmt: skip
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway.app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=int(config.drain_timeout_s),
+            backlog=2048,
+        )
+    )
     gateway.server = server
-    say(f"serving {engine.deployment.describe()} at {url}/v1 ({engine.kind} engine ready in "
-        f"{time.monotonic() - started:.0f} s, pid {engine.proc.pid}; log {engine.log_path})")  # fmt: skip
+    say(
+        f"serving {engine.deployment.describe()} at {url}/v1 ({engine.kind} engine ready in "
+        f"{time.monotonic() - started:.0f} s, pid {engine.proc.pid}; log {engine.log_path})"
+    )
     say(f'  openai client: OpenAI(base_url="{url}/v1", api_key=' + ("<your key>)" if keyring else '"none")'))
     notes = []
     if config.follow:
@@ -169,10 +178,14 @@ def _write_state(gateway: Any, url: str, path: Path) -> None:
     """serve.json beside the engine logs: where the endpoint is and what it serves (for operators and tests)."""
     e = gateway.engine
     state = {
-        "url": url, "pid": os.getpid(), "engine": e.kind, "engine_pid": e.proc.pid if e.proc else None,
-        "engine_url": e.url, "engine_log": str(e.log_path),
+        "url": url,
+        "pid": os.getpid(),
+        "engine": e.kind,
+        "engine_pid": e.proc.pid if e.proc else None,
+        "engine_url": e.url,
+        "engine_log": str(e.log_path),
         "models": {s.name: {"ref": s.ref, "version": s.version, "path": str(s.path)} for s in e.deployment.served},
-    }  # fmt: skip
+    }
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2) + "\n")
     tmp.replace(path)

@@ -78,8 +78,8 @@ def resolve(
     say: Callable[[str], None] = print,
 ) -> Deployment:
     """Turn MODEL arguments into local weights; `pinned` replaces an alias with a version (a swap's target)."""
-    from tuneloop.eval.models import merged_dir, resolve_model
-    from tuneloop.registry.uri import parse_model_uri
+    from tuneloop.models.references import merged_dir, resolve_model
+    from tuneloop.models.uri import parse_model_uri
 
     if not refs:
         raise TuneloopError("give a model to serve: models:/NAME@ALIAS, models:/NAME/VERSION, a path or a built-in")
@@ -100,7 +100,7 @@ def resolve(
                 target = f"models:/{uri.name}/{pinned[uri.name]}"
         model = resolve_model(target, Path.cwd(), say=say)
         if registered:
-            from tuneloop.registry.materialize import registered_from
+            from tuneloop.models.registered import registered_from
 
             version = str((registered_from(model.path) or {}).get("version") or "") or None
         name = (names[i] if names else None) or registered or Path(model.path).name
@@ -195,12 +195,32 @@ class Engine:
         args = dict(self.config.engine_args)
         if self.kind == "transformers":
             flags = engine_flags(args)
-            return [sys.executable, "-m", "transformers.cli.transformers", "serve", str(d.base),
-                    "--host", "127.0.0.1", "--port", str(self.port), *flags]  # fmt: skip
+            return [
+                sys.executable,
+                "-m",
+                "transformers.cli.transformers",
+                "serve",
+                str(d.base),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                *flags,
+            ]
         if not cuda_available():
             args.setdefault("enforce_eager", True)  # ~40 s to start on CPU instead of ~2.5 min of compilation
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(d.base),
-               "--host", "127.0.0.1", "--port", str(self.port), "--disable-uvicorn-access-log"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(d.base),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-uvicorn-access-log",
+        ]
         if d.mode == "multi-lora":
             cmd += ["--served-model-name", LORA_BASE_NAME, "--enable-lora", "--max-lora-rank", str(d.lora_rank)]
             cmd += ["--max-loras", str(len(d.served)), "--lora-modules", *(f"{s.name}={s.path}" for s in d.served)]
@@ -227,9 +247,13 @@ class Engine:
         log.write(f"$ {' '.join(self.command())}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True,
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env(),
+            start_new_session=True,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )  # fmt: skip
+        )
         log.close()
         self.started_at = time.monotonic()
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -30,50 +30,11 @@ from tuneloop.serve import ratings
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.engine import Deployment, Engine
 from tuneloop.serve.http import check_limits, client_request_id, error, rename_model
+from tuneloop.serve.meters import Metrics, RateLimiter
 
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
 LOG_CAP = 1 << 20  # bytes of a streamed response kept for the request log
 VERSION_HEADER = "x-tuneloop-model-version"
-
-
-class RateLimiter:
-    """A token bucket per key: `rpm` requests per minute, bursts up to `rpm`. Per gateway process."""
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def take(self, key_id: str, rpm: int) -> float:
-        """0 when allowed, else the seconds until the next request would be."""
-        if rpm <= 0:
-            return 0.0
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key_id, (float(rpm), now))
-        tokens = min(float(rpm), tokens + (now - last) * rpm / 60.0)
-        if tokens >= 1.0:
-            self._buckets[key_id] = (tokens - 1.0, now)
-            return 0.0
-        self._buckets[key_id] = (tokens, now)
-        return (1.0 - tokens) * 60.0 / rpm
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("tuneloop_gateway_requests", "Requests by endpoint and HTTP status.",
-                                ["endpoint", "status"], registry=r)  # fmt: skip
-        self.latency = Histogram(
-            "tuneloop_gateway_request_duration_seconds", "Whole request, to the last byte.", ["endpoint"],
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r,
-        )  # fmt: skip
-        self.overhead = Histogram(
-            "tuneloop_gateway_overhead_seconds", "Time spent in the gateway before the engine got the request.",
-            buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05), registry=r,
-        )  # fmt: skip
-        self.inflight = Gauge("tuneloop_gateway_requests_in_flight", "Requests being answered.", registry=r)
-        self.swaps = Counter("tuneloop_gateway_swaps", "Engine swaps by result.", ["result"], registry=r)
-        self.served = Gauge("tuneloop_gateway_model_version_info", "1 for each model and version being served.",
-                            ["model", "version"], registry=r)  # fmt: skip
 
 
 class Gateway:
@@ -173,14 +134,21 @@ class Gateway:
             except (aiohttp.ClientError, ValueError):  # engine busy or gone: the names are known here too
                 pass
         now = int(time.time())
-        return JSONResponse({"object": "list", "data": [
-            {"id": n, "object": "model", "created": now, "owned_by": "tuneloop"} for n in names
-        ]})  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": n, "object": "model", "created": now, "owned_by": "tuneloop"} for n in names],
+            }
+        )
 
     async def unknown(self, request: Request) -> Response:
-        return error(404, f"Unknown route {request.method} {request.url.path}; this endpoint serves /v1/models, "
-                     "/v1/chat/completions, /v1/completions, /v1/feedback, /health and /metrics",
-                     "invalid_request_error", "not_found")  # fmt: skip
+        return error(
+            404,
+            f"Unknown route {request.method} {request.url.path}; this endpoint serves /v1/models, "
+            "/v1/chat/completions, /v1/completions, /v1/feedback, /health and /metrics",
+            "invalid_request_error",
+            "not_found",
+        )
 
     async def feedback(self, request: Request) -> Response:
         """A rating of an answer, by the application that showed it (see `ratings`)."""
@@ -193,8 +161,10 @@ class Gateway:
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
         if scheme.lower() != "bearer" or not presented.strip():
-            message = ("You didn't provide an API key. Send it as `Authorization: Bearer <key>` (keys come from "
-                       "`tuneloop serve keys create NAME`).")  # fmt: skip
+            message = (
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` (keys come from "
+                "`tuneloop serve keys create NAME`)."
+            )
             return error(401, message, "invalid_request_error", "invalid_api_key"), None
         row, why = self.keyring.check(presented.strip())
         if row is None:
@@ -202,9 +172,14 @@ class Gateway:
         rpm = row["rpm"] if row["rpm"] is not None else self.config.rate_limit_rpm
         wait = self.limiter.take(row["id"], rpm)
         if wait:
-            return error(429, f"Rate limit reached for key tlk_{row['id']} ({row['name']}): {rpm} requests per "
-                         f"minute. Retry in {wait:.1f} s.", "requests", "rate_limit_exceeded",
-                         headers={"retry-after": str(max(1, round(wait)))}), row  # fmt: skip
+            return error(
+                429,
+                f"Rate limit reached for key tlk_{row['id']} ({row['name']}): {rpm} requests per "
+                f"minute. Retry in {wait:.1f} s.",
+                "requests",
+                "rate_limit_exceeded",
+                headers={"retry-after": str(max(1, round(wait)))},
+            ), row
         return None, row
 
     async def proxy(self, request: Request) -> Response:
@@ -218,31 +193,55 @@ class Gateway:
         body = await request.body()
         request_id = client_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
         record = {
-            "request_id": request_id, "ts": datetime.now(UTC), "key_id": key["id"] if key else None,
-            "endpoint": endpoint, "model": None, "version": None, "stream": False, "body": None, "tokenizer": None,
-        }  # fmt: skip
+            "request_id": request_id,
+            "ts": datetime.now(UTC),
+            "key_id": key["id"] if key else None,
+            "endpoint": endpoint,
+            "model": None,
+            "version": None,
+            "stream": False,
+            "body": None,
+            "tokenizer": None,
+        }
         try:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError("the body must be a JSON object")
         except ValueError as e:
             record["body"] = {"unparsed": body[:10000].decode("utf-8", errors="replace")}
-            return self._reject(record, endpoint, t0, error(
-                400, f"The request body is not valid JSON: {e}", "BadRequestError", 400, "body"))  # fmt: skip
+            return self._reject(
+                record,
+                endpoint,
+                t0,
+                error(400, f"The request body is not valid JSON: {e}", "BadRequestError", 400, "body"),
+            )
         record["body"] = payload
         engine = self.engine
         deployment = engine.deployment
         served = deployment.get(payload.get("model"))
         if served is None:
             record["model"] = str(payload.get("model"))
-            return self._reject(record, endpoint, t0, error(
-                404, f"The model `{payload.get('model')}` does not exist. Valid models: {', '.join(deployment.names)}.",
-                "NotFoundError", 404, "model"))  # fmt: skip
+            return self._reject(
+                record,
+                endpoint,
+                t0,
+                error(
+                    404,
+                    f"The model `{payload.get('model')}` does not exist. Valid models: {', '.join(deployment.names)}.",
+                    "NotFoundError",
+                    404,
+                    "model",
+                ),
+            )
         stream = bool(payload.get("stream"))
         record.update(model=served.name, version=served.version, stream=stream, tokenizer=str(served.path))
         if self.failure is not None or not engine.alive():
-            return self._reject(record, endpoint, t0, error(
-                503, f"The engine is not running: {self.failure or 'exited'}", "ServiceUnavailable", 503))  # fmt: skip
+            return self._reject(
+                record,
+                endpoint,
+                t0,
+                error(503, f"The engine is not running: {self.failure or 'exited'}", "ServiceUnavailable", 503),
+            )
         if engine.kind == "transformers":
             problem = check_limits(payload, engine)
             if problem:
@@ -282,16 +281,29 @@ class Gateway:
             if engine.kind == "transformers":
                 raw = rename_model(raw, served.name)
             self._done(record, endpoint, t0, upstream.status, raw, None)
-            return Response(raw, status_code=upstream.status, headers=headers,
-                            media_type=upstream.headers.get("content-type", "application/json"))  # fmt: skip
+            return Response(
+                raw,
+                status_code=upstream.status,
+                headers=headers,
+                media_type=upstream.headers.get("content-type", "application/json"),
+            )
         rename = served.name if engine.kind == "transformers" else None
         return StreamingResponse(
             self._relay(upstream, record, endpoint, t0, release, rename),
-            status_code=200, headers={**headers, "cache-control": "no-cache"}, media_type="text/event-stream",
-        )  # fmt: skip
+            status_code=200,
+            headers={**headers, "cache-control": "no-cache"},
+            media_type="text/event-stream",
+        )
 
-    async def _relay(self, upstream: aiohttp.ClientResponse, record: dict[str, Any], endpoint: str, t0: float,
-                     release: Callable[[], None], rename: str | None) -> AsyncIterator[bytes]:  # fmt: skip
+    async def _relay(
+        self,
+        upstream: aiohttp.ClientResponse,
+        record: dict[str, Any],
+        endpoint: str,
+        t0: float,
+        release: Callable[[], None],
+        rename: str | None,
+    ) -> AsyncIterator[bytes]:
         kept: list[bytes] = []
         size = 0
         first: float | None = None
@@ -335,8 +347,9 @@ class Gateway:
         self._done(record, endpoint, t0, status, raw, None)
         return Response(raw, status_code=status, media_type="application/json")
 
-    def _done(self, record: dict[str, Any], endpoint: str, t0: float, status: int, raw: bytes,
-              ttft_ms: float | None) -> None:  # fmt: skip
+    def _done(
+        self, record: dict[str, Any], endpoint: str, t0: float, status: int, raw: bytes, ttft_ms: float | None
+    ) -> None:
         elapsed = time.perf_counter() - t0
         self.metrics.requests.labels(endpoint, str(status)).inc()
         self.metrics.latency.labels(endpoint).observe(elapsed)
@@ -383,8 +396,10 @@ class Gateway:
                 warned = False
             except Exception as e:  # the registry being away must not stop serving
                 if not warned:
-                    self.say(f"warning: cannot read @{self.config.follow} from the registry (still serving "
-                             f"{deployment.describe()}): {e}")  # fmt: skip
+                    self.say(
+                        f"warning: cannot read @{self.config.follow} from the registry (still serving "
+                        f"{deployment.describe()}): {e}"
+                    )
                     warned = True
                 continue
             current = {n: v for n, v in deployment.versions().items() if n in targets}

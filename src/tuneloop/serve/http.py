@@ -14,8 +14,14 @@ if TYPE_CHECKING:
     from tuneloop.serve.engine import Engine
 
 
-def error(status: int, message: str, type_: str, code: str | int | None = None, param: str | None = None,
-          headers: dict[str, str] | None = None) -> JSONResponse:  # fmt: skip
+def error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | int | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
     """OpenAI's error shape (what the `openai` client parses into its exceptions)."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
     return JSONResponse(body, status_code=status, headers=headers)
@@ -40,8 +46,13 @@ def check_limits(payload: dict[str, Any], engine: Engine) -> Response | None:
     limit = context_length(engine.deployment.base)
     asked = payload.get("max_completion_tokens") or payload.get("max_tokens")
     if limit and isinstance(asked, int) and asked > limit:
-        return error(400, f"max_tokens={asked} cannot be greater than max_model_len={limit}. Please request fewer "
-                     "output tokens.", "BadRequestError", 400, "max_tokens")  # fmt: skip
+        return error(
+            400,
+            f"max_tokens={asked} cannot be greater than max_model_len={limit}. Please request fewer output tokens.",
+            "BadRequestError",
+            400,
+            "max_tokens",
+        )
     return None
 
 

@@ -37,8 +37,11 @@ def parse(body: bytes) -> tuple[str, str, str | None] | Response:
     if request_id is None:
         return bad("`request_id` is missing: send the x-request-id header of the response being rated.", "request_id")
     if not isinstance(request_id, str) or not 0 < len(request_id) <= 64:
-        return bad("`request_id` must be the x-request-id header of the response being rated (1 to 64 characters), "
-                   f"not {json.dumps(request_id)[:80]}.", "request_id")  # fmt: skip
+        return bad(
+            "`request_id` must be the x-request-id header of the response being rated (1 to 64 characters), "
+            f"not {json.dumps(request_id)[:80]}.",
+            "request_id",
+        )
     if rating not in RATINGS:
         shown = "missing" if rating is None else json.dumps(rating)[:80]
         return bad(f'`rating` must be "up" or "down", not {shown}.', "rating")
@@ -57,17 +60,33 @@ async def rate(body: bytes, log: RequestLog | None, key: dict[str, Any] | None) 
         return parsed
     request_id, rating, comment = parsed
     if log is None:
-        return error(404, "This endpoint runs without a request log (--no-request-log): it has no request to "
-                     "rate.", "NotFoundError", 404, "request_id")  # fmt: skip
+        return error(
+            404,
+            "This endpoint runs without a request log (--no-request-log): it has no request to rate.",
+            "NotFoundError",
+            404,
+            "request_id",
+        )
     if not await asyncio.to_thread(log.wait_written, request_id, LOG_WAIT_S):
-        return error(503, f"Request {request_id!r} is not in the request log yet (the database is slow); retry "
-                     "in a few seconds.", "ServiceUnavailable", 503, headers={"retry-after": "5"})  # fmt: skip
+        return error(
+            503,
+            f"Request {request_id!r} is not in the request log yet (the database is slow); retry in a few seconds.",
+            "ServiceUnavailable",
+            503,
+            headers={"retry-after": "5"},
+        )
     try:
         found = await asyncio.to_thread(rate_request, request_id, key["id"] if key else None, rating, comment)
     except SQLAlchemyError as e:
         return error(503, f"The rating could not be stored: {e}", "ServiceUnavailable", 503)
     if not found:
         made = " made with this key" if key else ""
-        return error(404, f"No request {request_id!r}{made} in the request log: send the x-request-id header of "
-                     "the response being rated.", "NotFoundError", 404, "request_id")  # fmt: skip
+        return error(
+            404,
+            f"No request {request_id!r}{made} in the request log: send the x-request-id header of "
+            "the response being rated.",
+            "NotFoundError",
+            404,
+            "request_id",
+        )
     return JSONResponse({"object": "feedback", "request_id": request_id, "rating": rating})

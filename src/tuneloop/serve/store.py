@@ -127,9 +127,15 @@ def create_key(name: str, rpm: int | None = None) -> tuple[str, Key]:
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
     row = {
-        "id": key_id, "name": name, "salt": salt, "digest": _digest(salt, secret), "rpm": rpm,
-        "created_at": _now(), "created_by": who(), "revoked_at": None,
-    }  # fmt: skip
+        "id": key_id,
+        "name": name,
+        "salt": salt,
+        "digest": _digest(salt, secret),
+        "rpm": rpm,
+        "created_at": _now(),
+        "created_by": who(),
+        "revoked_at": None,
+    }
     with db.engine().begin() as conn:
         conn.execute(insert(api_keys).values(**row))
     return f"{PREFIX}_{key_id}_{secret}", _key(row)

@@ -5,33 +5,16 @@ will), so what raters judge is what the endpoint was actually asked."""
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 
+from tuneloop.config.when import parse_when
 from tuneloop.eval.backends import Prompt
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 ENDPOINTS = {"chat": "chat.completions", "completions": "completions"}  # as the gateway logs them
-
-
-def parse_when(text: str, now: datetime | None = None) -> datetime:
-    """`30m`, `12h`, `7d`, `2w` back from now, or an ISO date/time (UTC unless it says otherwise)."""
-    now = now or datetime.now(UTC)
-    found = _DURATION.match(text)
-    if found:
-        return now - timedelta(**{_UNITS[found.group(2)]: float(found.group(1))})
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise ValueError(
-            f"{text!r} is neither a duration (30m, 12h, 7d, 2w) nor an ISO date/time (2026-12-01, 2026-12-01T08:00)"
-        ) from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -107,8 +90,9 @@ def read(
                 skipped["not replayable"] += 1
                 continue
             ts = r["ts"] if r["ts"].tzinfo else r["ts"].replace(tzinfo=UTC)  # SQLite drops the zone
-            out.append(Logged(r["id"], r["request_id"], ts, r["endpoint"], r["model"], r["version"], prompt,
-                              r["output"]))  # fmt: skip
+            out.append(
+                Logged(r["id"], r["request_id"], ts, r["endpoint"], r["model"], r["version"], prompt, r["output"])
+            )
     return out, {k: v for k, v in skipped.items() if v}
 
 

@@ -236,8 +236,15 @@ class SweepLoop:
             self.say(f"not starting trial {trial.number}: {reason}; asking for another")
         raise NotStarted(reason)
 
-    def _record(self, trial: Any, outcome: str, reason: str | None, spent: dict[str, float], started: float,
-                extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+    def _record(
+        self,
+        trial: Any,
+        outcome: str,
+        reason: str | None,
+        spent: dict[str, float],
+        started: float,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         trial.set_user_attr("spent", {"trial": trial.number, **{k: float(spent.get(k, 0.0)) for k in B.KEYS}})
         trial.set_user_attr("outcome", outcome)
         trial.set_user_attr("wall_s", time.time() - started)
@@ -262,8 +269,9 @@ class SweepLoop:
         return out[0] if len(out) == 1 else tuple(out)
 
 
-def open_study(sweep: Sweep, space: dict[str, Any], name: str, storage: Any, *, create: bool = True,
-               max_steps: int | None = None) -> Any:  # fmt: skip
+def open_study(
+    sweep: Sweep, space: dict[str, Any], name: str, storage: Any, *, create: bool = True, max_steps: int | None = None
+) -> Any:
     """Create the sweep's study or load it (resume, or another worker); refuses a study of the same name whose
     objectives differ."""
     import optuna

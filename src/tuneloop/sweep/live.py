@@ -13,9 +13,9 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tuneloop.config.loader import load_recipe
 from tuneloop.config.schema import Recipe, Stage
 from tuneloop.errors import RunStopped, TuneloopError
+from tuneloop.recipes import load_recipe
 from tuneloop.sweep.engine import Outcome, TrialContext, TrialFailed
 from tuneloop.sweep.spec import SweepSpec, trial_overrides
 from tuneloop.train.stage import SMOKE_STEPS
@@ -70,8 +70,15 @@ class TrialMonitor(TrainerCallback):
 class LiveExecutor:
     """Runs trials of `spec` for real, writing each into `<sweep_dir>/trial-NNNN`."""
 
-    def __init__(self, spec: SweepSpec, sweep_dir: Path, overrides: list[str], parent_run_id: str | None,
-                 smoke: bool = False, say: Any = print):  # fmt: skip
+    def __init__(
+        self,
+        spec: SweepSpec,
+        sweep_dir: Path,
+        overrides: list[str],
+        parent_run_id: str | None,
+        smoke: bool = False,
+        say: Any = print,
+    ):
         self.spec, self.sweep_dir, self.overrides = spec, sweep_dir, overrides
         self.parent_run_id, self.smoke, self.say = parent_run_id, smoke, say
         self.task, self.metric = objective_task(spec)
@@ -133,9 +140,14 @@ class LiveExecutor:
         extra = {"run_dir": str(run_dir)}
         try:
             result = pipeline.run(
-                recipe, self.spec.recipe_path, smoke=self.smoke, run_dir=run_dir, say=self.say,
-                callbacks=callbacks, parent_run_id=self.parent_run_id,
-            )  # fmt: skip
+                recipe,
+                self.spec.recipe_path,
+                smoke=self.smoke,
+                run_dir=run_dir,
+                say=self.say,
+                callbacks=callbacks,
+                parent_run_id=self.parent_run_id,
+            )
         except RunStopped:
             raise
         except KeyboardInterrupt:
@@ -168,8 +180,9 @@ class LiveExecutor:
             assert recipe.evaluation is not None and self.spec.sweep.pruning is not None
             task = next(t for t in recipe.evaluation.tasks if t.name == self.task)
             n = 4 if self.smoke else self.spec.sweep.pruning.rows
-            self._rows = load_task(task.model_copy(update={"max_rows": n}), recipe.data, self.spec.recipe_path.parent,
-                                   self.smoke)  # fmt: skip
+            self._rows = load_task(
+                task.model_copy(update={"max_rows": n}), recipe.data, self.spec.recipe_path.parent, self.smoke
+            )
         return self._rows
 
 

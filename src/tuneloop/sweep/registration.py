@@ -41,7 +41,8 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     tracker.set_tags({"tuneloop.sweep": study.study_name, "tuneloop.sweep_trial": str(row["number"])})
     # The version keeps the recipe with the trial's values *and* the recipe's registry, baseline and gate (which the
     # trial ran without), so that `registry promote` judges it by the recipe's gate; the trial's own stays beside it.
-    from tuneloop.config.loader import load_recipe, resolved_yaml
+    from tuneloop.config.loader import resolved_yaml
+    from tuneloop.recipes import load_recipe
     from tuneloop.sweep.space import override
 
     full = load_recipe(spec.recipe_path, [*overrides, *(override(k, v) for k, v in row["params"].items())])

@@ -79,8 +79,9 @@ def pareto_front(rows: list[dict[str, Any]], sweep: Sweep) -> list[dict[str, Any
     return sorted(front, key=lambda r: r["cost"][key])
 
 
-def choose(rows: list[dict[str, Any]], sweep: Sweep, max_cost: float | None = None, within: float | None = None
-           ) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
+def choose(
+    rows: list[dict[str, Any]], sweep: Sweep, max_cost: float | None = None, within: float | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """The trial the user's rule picks, and the rule in words: highest quality (under `max_cost`), or the cheapest
     within `within` points of the best."""
     objective = sweep.metric_objectives()[0]
@@ -173,20 +174,36 @@ def _plot_pareto(rows, front, best, sweep: Sweep):
     done = [r for r in rows if r["outcome"] == "complete" and label in r["values"]]
     ax.scatter([r["cost"][key] for r in done], [r["values"][label] for r in done], c="#4c72b0", label="finished")
     pruned = [r for r in rows if r["outcome"] == "pruned" and r["progress"]]
-    ax.scatter([r["cost"][key] for r in pruned], [r["progress"][-1][1] for r in pruned], marker="x", c="#999999",
-               label="pruned (last intermediate score)")  # fmt: skip
+    ax.scatter(
+        [r["cost"][key] for r in pruned],
+        [r["progress"][-1][1] for r in pruned],
+        marker="x",
+        c="#999999",
+        label="pruned (last intermediate score)",
+    )
     failed = [r for r in rows if r["outcome"] == "failed"]
     if failed:
         floor = min([r["values"][label] for r in done] or [0.0])
         ax.scatter([r["cost"][key] for r in failed], [floor] * len(failed), marker="v", c="#c44e52", label="failed")
     if front:
-        ax.plot([r["cost"][key] for r in front], [r["values"][label] for r in front], "-o", c="#dd8452",
-                label="Pareto front", zorder=3)  # fmt: skip
+        ax.plot(
+            [r["cost"][key] for r in front],
+            [r["values"][label] for r in front],
+            "-o",
+            c="#dd8452",
+            label="Pareto front",
+            zorder=3,
+        )
     if best:
         ax.scatter([best["cost"][key]], [best["values"][label]], s=180, facecolors="none", edgecolors="k", label="best")
     for r in done:
-        ax.annotate(f"#{r['number']}", (r["cost"][key], r["values"][label]), fontsize=7, xytext=(3, 3),
-                    textcoords="offset points")  # fmt: skip
+        ax.annotate(
+            f"#{r['number']}",
+            (r["cost"][key], r["values"][label]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_xlabel(key.replace("_", "-"))
     ax.set_ylabel(label)
     ax.set_title("quality against cost")
@@ -252,8 +269,11 @@ def _plot_cost(rows, sweep: Sweep):
     colors = {"complete": "#4c72b0", "pruned": "#999999", "failed": "#c44e52", "running": "#8172b3"}
     shown = [r for r in rows if r["outcome"] != "not started"]
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    ax.bar([f"#{r['number']}" for r in shown], [r["cost"][key] for r in shown],
-           color=[colors.get(r["outcome"], "#cccccc") for r in shown])  # fmt: skip
+    ax.bar(
+        [f"#{r['number']}" for r in shown],
+        [r["cost"][key] for r in shown],
+        color=[colors.get(r["outcome"], "#cccccc") for r in shown],
+    )
     limit = B.limit(sweep.budget).get(key)
     total = sum(r["cost"][key] for r in shown)
     title = f"spent {total:.3g} {key}" + (f" of {limit:g} ({100 * total / limit:.0f}%)" if limit else "")

@@ -92,8 +92,10 @@ def run_sweep(
     trials = study.get_trials(deepcopy=False)
     if trials and not join:
         spent = total_spent(trials)
-        say(f"resuming sweep {spec.name}: {started(trials)} trial(s) ran already ({spent['money']:.4g} money, "
-            f"{spent['device_hours']:.4g} device-h spent) in {_shown(url)}")  # fmt: skip
+        say(
+            f"resuming sweep {spec.name}: {started(trials)} trial(s) ran already ({spent['money']:.4g} money, "
+            f"{spent['device_hours']:.4g} device-h spent) in {_shown(url)}"
+        )
     if not join or "source" not in study.user_attrs:  # what `sweep best --register` reloads the recipe from
         study.set_user_attr("source", str(spec.source.resolve()))
         study.set_user_attr("overrides", list(overrides or []))
@@ -108,8 +110,18 @@ def run_sweep(
     if workers > 1:
         share_cores(workers, say)
         for _ in range(workers - 1):
-            cmd = [sys.executable, "-m", "tuneloop", "sweep", "worker", str(spec.source), "--storage", url,
-                   "--heartbeat", str(heartbeat_s)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                "-m",
+                "tuneloop",
+                "sweep",
+                "worker",
+                str(spec.source),
+                "--storage",
+                url,
+                "--heartbeat",
+                str(heartbeat_s),
+            ]
             for o in overrides or []:
                 cmd += ["--set", o]
             if smoke:

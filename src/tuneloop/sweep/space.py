@@ -15,9 +15,17 @@ from tuneloop.config.schema import Recipe
 from tuneloop.config.sweep import Param, Sweep
 
 # learning-rate ranges, centred on the usual default of each method (full fine-tuning; LoRA is ten times higher)
-FULL_LR = {"sft": (2e-6, 2e-4), "dpo": (5e-8, 5e-6), "kto": (5e-8, 5e-6), "reward": (1e-6, 1e-4),
-           "grpo": (1e-7, 1e-5), "rloo": (1e-7, 1e-5), "distill": (2e-6, 2e-4), "orpo": (1e-6, 1e-4),
-           "cpo": (1e-6, 1e-4)}  # fmt: skip
+FULL_LR = {
+    "sft": (2e-6, 2e-4),
+    "dpo": (5e-8, 5e-6),
+    "kto": (5e-8, 5e-6),
+    "reward": (1e-6, 1e-4),
+    "grpo": (1e-7, 1e-5),
+    "rloo": (1e-7, 1e-5),
+    "distill": (2e-6, 2e-4),
+    "orpo": (1e-6, 1e-4),
+    "cpo": (1e-6, 1e-4),
+}
 LORA_FACTOR = 10
 
 

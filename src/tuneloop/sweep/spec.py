@@ -30,11 +30,12 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """A recipe with a `sweep:` section, or a sweep file naming its recipe; RecipeError lists every problem."""
-    from tuneloop.config.loader import _find_default, _load_validated, load_recipe
+    from tuneloop.config.loader import find_default, load_validated
+    from tuneloop.recipes import load_recipe
 
     path = Path(path)
     if not path.is_file():
-        found = _find_default(f"sweeps/{path}", Path.cwd())
+        found = find_default(f"sweeps/{path}", Path.cwd())
         if found is None:
             raise RecipeError(
                 [Problem(str(path), None, "", "no such sweep or recipe file (nor under configs/sweeps/)")]
@@ -50,7 +51,7 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
             raise RecipeError([Problem(display_path(path), None, "sweep", "this recipe has no `sweep:` section")])
         sweep, recipe_path, prefix = recipe.sweep, path, ("sweep",)
     else:
-        sweep = _load_validated(path, Sweep, "sweep", lambda s, d: [])
+        sweep = load_validated(path, Sweep, "sweep", lambda s, d: [])
         if not sweep.recipe:
             raise RecipeError([Problem(display_path(path), 1, "recipe", "a sweep file names its `recipe:`")])
         recipe_path = (path.parent / sweep.recipe).resolve()
@@ -83,7 +84,7 @@ def check_against_recipe(
 ) -> list[tuple[tuple, str]]:
     """Every searched value makes a valid recipe (both ends of each range, every choice), and every metric
     objective is something the recipe's evaluation computes."""
-    from tuneloop.config.loader import load_recipe
+    from tuneloop.recipes import load_recipe
     from tuneloop.sweep.space import override
 
     problems: list[tuple[tuple, str]] = []
@@ -109,18 +110,24 @@ def check_against_recipe(
         matches = [m for m in available if m == objective.metric or m.split("/")[-1] == objective.metric]
         if not matches:
             problems.append(
-                (("objectives", i, "metric"), f"{objective.metric!r} is not computed by the recipe's evaluation; "
-                 f"available: {', '.join(available)}")
-            )  # fmt: skip
+                (
+                    ("objectives", i, "metric"),
+                    f"{objective.metric!r} is not computed by the recipe's evaluation; "
+                    f"available: {', '.join(available)}",
+                )
+            )
         elif len(matches) > 1:
             problems.append((("objectives", i, "metric"), f"{objective.metric!r} is ambiguous: {', '.join(matches)}"))
     if sweep.pruning is not None:
         first = sweep.metric_objectives()[0].metric or ""
         if first.split("/")[-1] not in GENERATION_METRICS or first.endswith(("similarity", "reward_score")):
             problems.append(
-                (("pruning",), f"intermediate evaluations score generated answers (bleu, chrf, rouge*, exact_match, "
-                 f"token_f1, synopsis_rules); {first!r} is not one, so trials cannot be pruned on it")
-            )  # fmt: skip
+                (
+                    ("pruning",),
+                    f"intermediate evaluations score generated answers (bleu, chrf, rouge*, exact_match, "
+                    f"token_f1, synopsis_rules); {first!r} is not one, so trials cannot be pruned on it",
+                )
+            )
     return problems
 
 

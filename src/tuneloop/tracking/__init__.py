@@ -374,9 +374,20 @@ def stage_metrics(summary: dict[str, Any]) -> dict[str, float]:
     s = summary["stage"]
     out = {
         f"stage/{s}/{k}": summary.get(k)
-        for k in ("steps", "loss_first", "loss_last", "eval_loss_before", "eval_loss_after", "train_tokens",
-                  "train_runtime_s", "tokens_per_s", "tokens_per_s_after_first_step", "wall_s", "world_size")
-    }  # fmt: skip
+        for k in (
+            "steps",
+            "loss_first",
+            "loss_last",
+            "eval_loss_before",
+            "eval_loss_after",
+            "train_tokens",
+            "train_runtime_s",
+            "tokens_per_s",
+            "tokens_per_s_after_first_step",
+            "wall_s",
+            "world_size",
+        )
+    }
     out.update(cost_metrics({s: summary.get("cost") or {}}, "cost/stage"))
     return out
 

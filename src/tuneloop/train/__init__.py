@@ -17,6 +17,7 @@ from tuneloop.config import trainer_fields
 from tuneloop.config.loader import resolved_yaml
 from tuneloop.config.schema import Recipe, Stage
 from tuneloop.errors import TuneloopError
+from tuneloop.models.loading import quiet_libraries
 from tuneloop.train import launch, runs
 from tuneloop.train.launch import Request
 
@@ -73,16 +74,6 @@ def _init_distributed(request: Request):
     state = PartialState(cpu=not torch.cuda.is_available())
     launch.check_world(request, state.num_processes)
     return state
-
-
-def quiet_libraries() -> None:
-    """Our progress bar and summary replace the per-step bars of datasets and transformers."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_warning()
 
 
 def preflight(recipe: Recipe, smoke: bool) -> Request:
@@ -173,8 +164,18 @@ def train_recipe(
     first = source
     for i, stage in enumerate(recipe.stages):
         source, name = _stage_start(stage, i, first, source, results, recipe, recipe_dir, smoke, run_dir, state, say)
-        ctx = StageContext(recipe, recipe_dir, run_dir, source, smoke, resume, main, tracker=tracker,
-                           model_name=name, callbacks=callbacks)  # fmt: skip
+        ctx = StageContext(
+            recipe,
+            recipe_dir,
+            run_dir,
+            source,
+            smoke,
+            resume,
+            main,
+            tracker=tracker,
+            model_name=name,
+            callbacks=callbacks,
+        )
         done_file = ctx.stage_dir(stage) / "stage.json"
         if stage.name in reused and not done_file.exists():
             summary = {**reused[stage.name], "reused_from": str(Path(reused[stage.name]["model_dir"]).parent)}
@@ -232,8 +233,19 @@ def train_recipe(
     return result
 
 
-def _stage_start(stage: Stage, i: int, first: str, previous: str, results: list, recipe: Recipe,
-                 recipe_dir: Path, smoke: bool, run_dir: Path, state, say) -> tuple[str, str]:  # fmt: skip
+def _stage_start(
+    stage: Stage,
+    i: int,
+    first: str,
+    previous: str,
+    results: list,
+    recipe: Recipe,
+    recipe_dir: Path,
+    smoke: bool,
+    run_dir: Path,
+    state,
+    say,
+) -> tuple[str, str]:
     """Where a stage starts: `base: previous` (default after the first stage), `base_model`, or a model of its own
     (a smoke run swaps that for a tiny random copy too). Returns (source, name for messages)."""
     from tuneloop.models.loading import resolve, tiny_copy

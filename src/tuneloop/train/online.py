@@ -57,8 +57,8 @@ class ZeroStdWatch(TrainerCallback):
 
 def reward_functions(stage: Stage, ctx: StageContext) -> tuple[list[Any], list[float]]:
     """The stage's rewards as TRL reward functions (callables or sequence-classifier models) and their weights."""
-    from tuneloop.config.checks import reward_reference
     from tuneloop.data.sources import effective_format
+    from tuneloop.recipes.checks import reward_reference
     from tuneloop.rewards import build_builtin
 
     fmt = effective_format(ctx.recipe.stage_data(stage))

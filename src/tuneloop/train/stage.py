@@ -196,7 +196,7 @@ def finish(
     """Train and save (`fit`), then record how the model must be evaluated and where its data came from.
     `generates=False` (reward models) writes no generation record: such a model scores, it does not answer."""
     from tuneloop.data.sources import effective_format
-    from tuneloop.eval.models import TRAINING_RECORD, training_record
+    from tuneloop.models.references import TRAINING_RECORD, training_record
 
     trainable, total = describe_model(trainer, stage, ctx)
     summary = fit(trainer, stage, ctx, callbacks=callbacks)

@@ -27,8 +27,14 @@ def upgrade() -> None:
         "DELETE FROM served_feedback WHERE key_id IS NULL AND id NOT IN "
         "(SELECT MAX(id) FROM served_feedback WHERE key_id IS NULL GROUP BY request_id)"
     )
-    op.create_index("uq_served_feedback_anonymous", "served_feedback", ["request_id"], unique=True,
-                    sqlite_where=ANONYMOUS, postgresql_where=ANONYMOUS)  # fmt: skip
+    op.create_index(
+        "uq_served_feedback_anonymous",
+        "served_feedback",
+        ["request_id"],
+        unique=True,
+        sqlite_where=ANONYMOUS,
+        postgresql_where=ANONYMOUS,
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,65 @@
+"""The `tuneloop` command: the only face of the package. One module per command group, over one small kit
+(`kit`: consoles, `fail()` with its exit codes, shared options); domain packages expose functions and typed results
+and never import the CLI. Heavy imports happen inside the verbs, so `tuneloop --help` starts without torch."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from tuneloop import __version__
+from tuneloop.cli import data, evaluation, feedback, kit, loop, models, monitor, registry, serve, sweep, training
+
+kit.no_flag_types()
+app = typer.Typer(
+    cls=kit.Root,
+    context_settings=kit.HELP,
+    help="Fine-tune, evaluate, register, serve and retrain language models from one recipe.\n\n"
+    "Exit codes: 0 ok, 1 failure, 2 usage or validation error, 3 a gate refused, 4 a loop round stopped.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+app.add_typer(models.app, name="models")
+for _name, _group in (
+    ("registry", registry),
+    ("serve", serve),
+    ("data", data),
+    ("feedback", feedback),
+    ("sweep", sweep),
+    ("monitor", monitor),
+    ("loop", loop),
+):
+    app.add_typer(_group.app, name=_name)
+app.command()(training.validate)
+app.command()(training.train)
+app.command()(training.run)
+app.command("eval")(evaluation.eval_)
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        kit.out.print(f"tuneloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks (anywhere on the command line).")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    kit.state["debug"] = kit.state["debug"] or debug
+
+
+def main() -> None:
+    app(prog_name="tuneloop")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
