@@ -85,7 +85,13 @@ def test_debug_is_accepted_anywhere_and_shows_the_cause():
 
 
 def test_empty_lists_say_so_and_json_stays_json():
-    for group in (["feedback", "list"], ["feedback", "raters", "list"], ["registry", "list"]):
+    assert "no requests logged yet" in invoke("serve", "requests").output
+    for group in (
+        ["feedback", "list"],
+        ["feedback", "raters", "list"],
+        ["registry", "list"],
+        ["serve", "keys", "list"],
+    ):
         shown = invoke(*group)
         assert shown.exit_code == 0 and "no " in shown.output.lower(), (group, shown.output)
         assert json.loads(invoke(*group, "--json").output) == []

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import err, fail, implied_verb, out
+from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, out, print_json
 
 app = typer.Typer(
     cls=implied_verb("start"),
@@ -107,7 +107,7 @@ def keys_create(
 
 
 @keys_app.command("list")
-def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False) -> None:
+def keys_list(as_json: JsonOpt = False) -> None:
     """Keys with their id, name, rate limit and status (never the secret)."""
     from tuneloop import db
     from tuneloop.serve.store import list_keys
@@ -125,7 +125,10 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Machine-read
             }
             for k in keys
         ]
-        print(json.dumps(rows, indent=2))
+        print_json(rows)
+        return
+    if not keys:
+        out.print(f"no API keys yet in {db.shown_url()}: `tuneloop serve keys create NAME` makes one")
         return
     table = Table(title=f"API keys ({db.shown_url()})")
     for col in ("id", "name", "requests/min", "created", "by", "status"):
@@ -157,7 +160,7 @@ def keys_revoke(
 def requests_log(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="How many (newest first).")] = 20,
     key: Annotated[str | None, typer.Option("--key", help="Only this key id.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Full records as JSON lines.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Full records as JSON lines (one per request).")] = False,
 ) -> None:
     """The request log: who asked what, which version answered, how fast, how many tokens."""
     from tuneloop import db
@@ -167,6 +170,9 @@ def requests_log(
     if as_json:
         for r in rows:
             print(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}))
+        return
+    if not rows:
+        out.print(f"no requests logged yet in {db.shown_url()}" + (f" for key {key}" if key else ""))
         return
     table = Table(title=f"requests ({db.shown_url()})")
     for col in ("time", "key", "model", "endpoint", "status", "latency", "tokens in/out", "prompt", "output"):
