@@ -19,8 +19,8 @@ from tuneloop.errors import TuneloopError
 from tuneloop.serve.config import ServeConfig, engine_flags, load_serve_config
 from tuneloop.serve.engine import Deployment, Engine, Served, resolve
 from tuneloop.serve.gateway import Gateway
-from tuneloop.serve.meters import RateLimiter
 from tuneloop.serve.http import rename_model
+from tuneloop.serve.meters import RateLimiter
 from tuneloop.serve.store import (
     KeyRing,
     RequestLog,
