@@ -82,6 +82,8 @@ def test_debug_is_accepted_anywhere_and_shows_the_cause():
     ):
         debug = invoke(*args)
         assert type(debug.exception).__name__ == "UsageError", debug.output
+    # the next command without --debug (in the same process, as under pytest) prints one line again
+    assert invoke("eval", "--suite", "eval/no-such-suite", "-m", "x").exit_code == 2
 
 
 def test_empty_lists_say_so_and_json_stays_json():

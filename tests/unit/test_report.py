@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from tuneloop.eval.summary import print_summary, summary_rows, write_reports
+from tuneloop.eval.report import write_reports
+from tuneloop.eval.summary import print_summary, summary_rows
 
 REPO = Path(__file__).resolve().parents[2]
 XSS = "<script>alert(1)</script>"

@@ -25,8 +25,9 @@ class Root(TyperGroup):
 
     def parse_args(self, ctx, args):  # type: ignore[no-untyped-def]
         end = args.index("--") if "--" in args else len(args)
-        if "--debug" in args[:end]:
-            state["debug"] = True
+        # set on every invocation: tests and `python -m tuneloop.train` run several in one process
+        state["debug"] = "--debug" in args[:end]
+        if state["debug"]:
             args = [a for a in args[:end] if a != "--debug"] + args[end:]
         return super().parse_args(ctx, args)
 
