@@ -54,7 +54,7 @@ def _root(
         bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    kit.state["debug"] = kit.state["debug"] or debug  # kit.Root has already taken `--debug` from anywhere
+    del debug, version  # declared for `--help`: kit.Root takes `--debug` from anywhere before parsing; -V is eager
 
 
 def main() -> None:

@@ -2,10 +2,11 @@
 same everywhere, a group whose verb may be left out (`tuneloop serve MODEL` is `serve start MODEL`), and how a
 file's problems are printed before exit 2.
 
-Exit codes: 0 ok, 1 failure, 2 usage or validation error, 3 a gate failed."""
+Exit codes: 0 ok, 1 failure, 2 usage or validation error, 3 a gate refused, 4 a loop round stopped."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from tuneloop.config.errors import RecipeError
+from tuneloop.errors import UsageError
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -73,16 +75,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 
 def print_json(value: Any) -> None:
     """Plain JSON on stdout (dates as ISO strings): never wrapped or styled, so `| jq` always works."""
-    import json
-
     print(json.dumps(value, indent=2, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
 
 
 def fail(message: str, code: int = 1, cause: BaseException | None = None) -> None:
     """One line on stderr and exit `code` (2 whatever `code` says when the cause is a UsageError); with `--debug`,
     the cause's traceback instead."""
-    from tuneloop.errors import UsageError
-
     if state["debug"] and cause is not None:
         raise cause
     if isinstance(cause, UsageError):

@@ -56,7 +56,7 @@ def version_record(mv: Any) -> dict[str, Any]:
     tags = {}
     for key, value in sorted((mv.tags or {}).items()):
         try:
-            tags[key] = json.loads(value) if value[:1] in "[{" else value
+            tags[key] = json.loads(value) if value.startswith(("[", "{")) else value
         except ValueError:
             tags[key] = value
     return {
