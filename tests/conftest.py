@@ -82,6 +82,25 @@ def build_tiny_model(out: Path, layers: int = 2, hidden: int = 32) -> Path:
     return out
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first, each file's tests in their written order.
+
+    `make test` gives pytest-xdist whole files (`--dist loadfile --no-loadscope-reorder`). Its default order, most
+    tests first, started the minutes-long cluster and server files after 500 quick unit tests, so one worker often
+    finished a long file alone. tests/durations.json holds seconds per file from a measured run
+    (scripts/test_durations.py); a file not in it counts as a minute, so a new file is not left for last."""
+    known = json.loads((REPO / "tests/durations.json").read_text())
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.path, i)
+
+    def weight(item: pytest.Item) -> tuple[float, int]:
+        relative = item.path.relative_to(REPO).as_posix()
+        return -known.get(relative, 60.0), first[item.path]
+
+    items.sort(key=weight)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
