@@ -4,13 +4,54 @@ register → promote (serving follows the champion alias)."""
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.schema import Recipe
-from tuneloop.train import RunResult, train_recipe
+from tuneloop.cost import total
+from tuneloop.errors import RunStopped
+from tuneloop.rundir import RunDir, RunSummary, StageSummary
+from tuneloop.tracking import RunTracker, cost_metrics, evaluation_metrics
+from tuneloop.train import Trained, train_recipe
+
+if TYPE_CHECKING:
+    from tuneloop.registry.promotion import Decision
+    from tuneloop.registry.register import Registration
+
+
+@dataclass
+class RunResult:
+    """A whole run: what training produced, then the evaluation, the cost, the registered version and the promotion
+    decision, each when the recipe asks for it."""
+
+    training: Trained
+    evaluation: dict[str, Any] | None = None  # results.json (its schema is tuneloop.eval.runner's)
+    registration: Registration | None = None
+    promotion: Decision | None = None
+    tracking: str | None = None  # where the MLflow run is
+
+    @property
+    def run_dir(self) -> RunDir:
+        return self.training.run_dir
+
+    @property
+    def summary(self) -> RunSummary:
+        return self.training.summary
+
+    @property
+    def stages(self) -> list[StageSummary]:
+        return self.summary.stages
+
+    @property
+    def model_dir(self) -> Path:
+        return self.training.model_dir
+
+    @property
+    def cost(self) -> dict[str, Any]:
+        """{"training", "evaluation", "total"}: see tuneloop.cost."""
+        return self.summary.cost
 
 
 def run(
@@ -37,9 +78,6 @@ def run(
     is a child of the sweep's). A `RunStopped` from a callback (pruned, out of budget) ends the run KILLED. A loop
     round passes `tags` (its round and campaign), which registration copies into the version's lineage.
     """
-    from tuneloop.errors import RunStopped
-    from tuneloop.tracking import RunTracker
-
     if say is None:  # called as a library (scripts, notebooks): messages carry rich markup, so render it
         from rich.console import Console
 
@@ -54,7 +92,7 @@ def run(
     tracker.preflight()
     follows = evaluate and (recipe.evaluation is not None or recipe.registry is not None)
     try:
-        result = train_recipe(
+        trained = train_recipe(
             recipe,
             recipe_path,
             smoke=smoke,
@@ -66,6 +104,7 @@ def run(
             from_stage=from_stage,
             callbacks=callbacks,
         )
+        result = RunResult(trained)
         if follows and main:
             _after_training(recipe, recipe_path, result, tracker, smoke=smoke, resume=resume, say=say)
     except (KeyboardInterrupt, RunStopped) as e:
@@ -83,26 +122,25 @@ def _after_training(
     recipe: Recipe, recipe_path: Path, result: RunResult, tracker: Any, *, smoke: bool, resume: bool, say: Callable
 ) -> None:
     """Evaluate and gate, register, try to promote; then mark the run finished (so --resume leaves it alone)."""
-    from tuneloop.tracking import cost_metrics, evaluation_metrics
-    from tuneloop.train import runs
-
+    run = result.run_dir
     if recipe.evaluation is not None:
         result.evaluation = evaluate_run(recipe, recipe_path, result, smoke=smoke, resume=resume, say=say)
         _record_cost(result)
         tracker.log_metrics(evaluation_metrics(result.evaluation))
         gate = result.evaluation.get("gate")
         tracker.set_tags({"tuneloop.gate": "none" if not gate else "passed" if gate["passed"] else "failed"})
-        tracker.log_artifact(result.run_dir / "eval", "eval")
-        tracker.log_metrics(cost_metrics(result.cost or {}))
+        tracker.log_artifact(run.eval_dir, "eval")
+        tracker.log_metrics(cost_metrics(result.cost))
         _log_eval_inputs(tracker, recipe, recipe_path, result.evaluation)
     if recipe.registry is not None:
         from tuneloop.registry.register import register_run
 
-        result.registration = register_run(result.run_dir, recipe, tracker, smoke=smoke, say=say)
+        result.registration = register_run(run.path, recipe, tracker, smoke=smoke, say=say)
         if recipe.registry.promote == "auto":
             result.promotion = _auto_promote(recipe, recipe_path, result, smoke, say)
-    runs.mark_finished(result.run_dir)
-    tracker.log_artifact(result.run_dir / runs.SUMMARY)
+    result.summary.finished = True
+    run.write_summary(result.summary)
+    tracker.log_artifact(run.summary_file)
 
 
 def _log_eval_inputs(tracker: Any, recipe: Recipe, recipe_path: Path, results: dict[str, Any]) -> None:
@@ -138,16 +176,10 @@ def _auto_promote(recipe: Recipe, recipe_path: Path, result: RunResult, smoke: b
 
 def _record_cost(result: RunResult) -> None:
     """Add the evaluation's cost to the run summary, next to training's, and the total."""
-    from tuneloop.cost import total
-    from tuneloop.train import runs
-
-    path = result.run_dir / runs.SUMMARY
-    summary = json.loads(path.read_text())
-    training = summary.get("cost", {}).get("training") or {}
+    training = result.summary.cost.get("training") or {}
     evaluation = total([m.get("cost") for m in (result.evaluation or {}).get("models", [])])
-    summary["cost"] = {"training": training, "evaluation": evaluation, "total": total([training, evaluation])}
-    runs.write_json(path, summary)
-    result.cost = summary["cost"]
+    result.summary.cost = {"training": training, "evaluation": evaluation, "total": total([training, evaluation])}
+    result.run_dir.write_summary(result.summary)
 
 
 def gate_failure(evaluation: dict[str, Any] | None) -> str | None:
@@ -169,11 +201,11 @@ def evaluate_run(
 
     ev = recipe.evaluation
     assert ev is not None
-    out_dir = result.run_dir / "eval"
-    done = out_dir / "results.json"
-    if resume and done.is_file():
+    out_dir = result.run_dir.eval_dir
+    done = result.run_dir.results()
+    if resume and done is not None:
         say(f"evaluation already finished in {out_dir}; keeping it")
-        return json.loads(done.read_text())
+        return done
     suite = from_recipe(recipe, recipe_path, smoke=smoke)
     tasks = suite.tasks
     models = []
@@ -207,15 +239,13 @@ def _baseline_ref(recipe: Recipe, result: RunResult, baseline: str) -> str:
     (what `sft → dpo` is judged against)."""
     if baseline.startswith("stage:"):
         name = baseline.removeprefix("stage:")
-        return next(s["model_dir"] for s in result.stages if s["stage"] == name)
+        return result.summary.stage(name).model_dir
     if baseline != "base":
         return baseline
-    smoke_base = result.run_dir / "smoke-base"
+    smoke_base = result.run_dir.smoke_base
     if (smoke_base / "config.json").exists():
         return str(smoke_base)
-    from tuneloop.train import runs
-
-    started = json.loads((result.run_dir / runs.SUMMARY).read_text()).get("base_model") or {}
+    started = result.summary.base_model
     if started.get("registry"):
         return f"models:/{started['registry']}"
     return recipe.base_model.name

@@ -400,8 +400,8 @@ def test_a_run_tracks_the_prepared_fingerprint_into_lineage(tiny_recipe):
     recipe = load_recipe(path, ["data.prepare=[{step: dedup, method: exact}, {step: decontaminate}]"])
     result = pipeline.run(recipe, path, say=lambda _m: None)
     stage = result.stages[0]
-    assert [s["step"] for s in stage["data_prepare"]["steps"]] == ["dedup", "decontaminate"]
-    fingerprint = stage["data_prepare"]["fingerprint"]
+    assert [s["step"] for s in stage.data_prepare["steps"]] == ["dedup", "decontaminate"]
+    fingerprint = stage.data_prepare["fingerprint"]
     version = store.client().get_model_version("prepped", "1")
     assert version.tags["tuneloop.data.sft.prepare"] == fingerprint
     assert any(f"sft.prepare {fingerprint}" in line for line in facts(version))

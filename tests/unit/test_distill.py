@@ -53,11 +53,11 @@ stages:
     path = write("distill.yaml", text)
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
-    assert stage["steps"] == 2 and stage["loss_first"] is not None
-    d = stage["distillation"]
+    assert stage.steps == 2 and stage.loss_first is not None
+    d = stage.distillation
     assert d["mode"] == mode and d["teacher_layers"] == 4 and d["student_layers"] == 2 and d["kept_layers"] == [0, 3]
     assert d["beta"] == (0.0 if mode == "off_policy" else 1.0)  # forward KL on data, TRL's reverse KL on-policy
-    model_dir = Path(stage["model_dir"])
+    model_dir = Path(stage.model_dir)
     assert json.loads((model_dir / "config.json").read_text())["num_hidden_layers"] == 2
     before = load_file(teacher / "model.safetensors")
     after = load_file(model_dir / "model.safetensors")

@@ -306,8 +306,8 @@ stages:
         )
         result = pipeline.run(load_recipe(recipe), recipe)
         (stage,) = result.stages
-        assert stage["steps"] == 1 and stage["loss_first"] is not None, method
-        assert load_file(Path(stage["model_dir"]) / "model.safetensors"), method
+        assert stage.steps == 1 and stage.loss_first is not None, method
+        assert load_file(Path(stage.model_dir) / "model.safetensors"), method
 
 
 BAD = [

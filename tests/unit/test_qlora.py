@@ -123,9 +123,9 @@ def test_qlora_smoke_run_trains_a_4bit_base_and_records_it(write, tiny_model):
     path = write("q.yaml", recipe)
     result = pipeline.run(load_recipe(path), path, smoke=True)
     (stage,) = result.stages
-    assert stage["distributed"]["quantized_layers"] == 2 * len(TARGETS)
-    assert stage["distributed"]["distributed_type"] == "NO" and stage["world_size"] == 1
-    assert stage["model_memory_bytes"] > 0
-    assert not any("full precision" in n or "stands in" in n for n in stage["notes"]), stage["notes"]
-    adapter = Path(stage["model_dir"])
+    assert stage.distributed["quantized_layers"] == 2 * len(TARGETS)
+    assert stage.distributed["distributed_type"] == "NO" and stage.world_size == 1
+    assert stage.model_memory_bytes > 0
+    assert not any("full precision" in n or "stands in" in n for n in stage.notes), stage.notes
+    adapter = Path(stage.model_dir)
     assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == "LORA"

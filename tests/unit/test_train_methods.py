@@ -59,24 +59,24 @@ def test_method_trains_and_moves_weights(write, tiny_model, method):
     path = recipe_for(write, tiny_model, method)
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
-    assert stage["method"] == method and stage["steps"] == 3
-    assert stage["loss_first"] is not None
+    assert stage.method == method and stage.steps == 3
+    assert stage.loss_first is not None
     before = load_file(tiny_model / "model.safetensors")
-    after = load_file(Path(stage["model_dir"]) / "model.safetensors")
+    after = load_file(Path(stage.model_dir) / "model.safetensors")
     moved = changed(before, after)
     assert moved, f"{method}: no weight changed"
     if method == "reward":
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(stage["model_dir"])
+        config = AutoConfig.from_pretrained(stage.model_dir)
         assert config.architectures == ["LlamaForSequenceClassification"] and config.num_labels == 1
         assert any(k.startswith("score") for k in after)
-        acc = stage["pairwise_accuracy"]
+        acc = stage.pairwise_accuracy
         assert 0 <= acc["value"] <= 1 and acc["ci_low"] <= acc["value"] <= acc["ci_high"] and acc["n"] > 0
     else:
-        assert (Path(stage["model_dir"]) / "tuneloop-train.json").exists()
+        assert (Path(stage.model_dir) / "tuneloop-train.json").exists()
     if method in ("dpo", "kto"):
-        assert stage["reference_model"] == "start model, frozen copy"
+        assert stage.reference_model == "start model, frozen copy"
 
 
 def test_dpo_lora_uses_the_adapter_disabled_base_as_reference(write, tiny_model):
@@ -86,8 +86,8 @@ def test_dpo_lora_uses_the_adapter_disabled_base_as_reference(write, tiny_model)
     )
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
-    assert stage["reference_model"] == "start model, adapter disabled"
-    adapter = load_file(Path(stage["model_dir"]) / "adapter_model.safetensors")
+    assert stage.reference_model == "start model, adapter disabled"
+    adapter = load_file(Path(stage.model_dir) / "adapter_model.safetensors")
     assert all(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
 
 
@@ -115,11 +115,11 @@ stages:
     path = write(f"{method}.yaml", text)
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
-    assert stage["steps"] == 2
-    assert [r["reward"] for r in stage["rewards"]] == ["debian_synopsis_rules", "rougeL"]
-    assert 0 <= stage["zero_std_share_mean"] <= 1
+    assert stage.steps == 2
+    assert [r["reward"] for r in stage.rewards] == ["debian_synopsis_rules", "rougeL"]
+    assert 0 <= stage.zero_std_share_mean <= 1
     before = load_file(tiny_model / "model.safetensors")
-    after = load_file(Path(stage["model_dir"]) / "model.safetensors")
+    after = load_file(Path(stage.model_dir) / "model.safetensors")
     assert changed(before, after)
 
 
@@ -140,8 +140,8 @@ stages:
     path = write("chain.yaml", text)
     result = pipeline.run(load_recipe(path), path)
     sft, dpo = result.stages
-    after_sft = load_file(Path(sft["model_dir"]) / "model.safetensors")
-    after_dpo = load_file(Path(dpo["model_dir"]) / "model.safetensors")
+    after_sft = load_file(Path(sft.model_dir) / "model.safetensors")
+    after_dpo = load_file(Path(dpo.model_dir) / "model.safetensors")
     base = load_file(tiny_model / "model.safetensors")
     assert changed(after_sft, after_dpo), "dpo must train further from the sft output"
     assert changed(base, after_sft)
@@ -286,8 +286,8 @@ stages:
     result = pipeline.run(load_recipe(path), path)
     first, again = result.stages
     base = load_file(tiny_model / "model.safetensors")
-    after_first = load_file(Path(first["model_dir"]) / "model.safetensors")
-    after_again = load_file(Path(again["model_dir"]) / "model.safetensors")
+    after_first = load_file(Path(first.model_dir) / "model.safetensors")
+    after_again = load_file(Path(again.model_dir) / "model.safetensors")
     assert changed(base, after_first)
     assert not changed(base, after_again), "learning rate 0 from the base model must leave the base weights"
 
@@ -314,12 +314,12 @@ stages:
     first = pipeline.run(load_recipe(path), path)
     path = write("from.yaml", text.replace("{lr}", "1.0e-3"))  # only the restarted stage changes
     second = pipeline.run(load_recipe(path), path, from_stage="dpo")
-    assert second.run_dir != first.run_dir
+    assert second.run_dir.path != first.run_dir.path
     sft_then, dpo_then = first.stages
     sft_now, dpo_now = second.stages
-    assert sft_now["model_dir"] == sft_then["model_dir"] and sft_now["reused_from"]
-    assert dpo_now["model_dir"] != dpo_then["model_dir"] and "reused_from" not in dpo_now
-    assert (first.run_dir / "stages" / "dpo" / "stage.json").exists(), "the old run is left as it was"
+    assert sft_now.model_dir == sft_then.model_dir and sft_now.reused_from
+    assert dpo_now.model_dir != dpo_then.model_dir and dpo_now.reused_from is None
+    assert (first.run_dir.path / "stages" / "dpo" / "stage.json").exists(), "the old run is left as it was"
     changed_sft = text.replace("{lr}", "1.0e-3").replace("max_steps: 2", "max_steps: 3")
     path = write("from.yaml", changed_sft)
     with pytest.raises(TuneloopError, match="stage sft changed since"):

@@ -42,7 +42,7 @@ def test_lora_sft_trains_adapter_and_leaves_base_untouched(write, tiny_model, wo
     path = make_recipe(write, tiny_model)
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
-    model_dir = Path(stage["model_dir"])
+    model_dir = Path(stage.model_dir)
     adapter = load_file(model_dir / "adapter_model.safetensors")
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training must move it"
@@ -50,13 +50,13 @@ def test_lora_sft_trains_adapter_and_leaves_base_untouched(write, tiny_model, wo
     base = load_file(tiny_model / "model.safetensors")
     assert not any(k.endswith("q_proj.weight") for k in adapter)
     assert base  # the base checkpoint on disk is unchanged by construction; the adapter holds the update
-    assert stage["steps"] == 3 and stage["train_tokens"] > 0 and stage["tokens_per_s"] > 0
-    assert stage["eval_loss_before"] is not None and stage["eval_loss_after"] is not None
-    assert set(stage["data_fingerprints"]) == {"train", "validation"}
-    assert result.run_dir.parent == workspace / "runs" / "tiny"
-    assert (result.run_dir / "recipe.yaml").read_text().startswith("name: tiny")
-    summary = json.loads((result.run_dir / "summary.json").read_text())
-    assert summary["stages"][0]["loss_first"] == stage["loss_first"]
+    assert stage.steps == 3 and stage.train_tokens > 0 and stage.tokens_per_s > 0
+    assert stage.eval_loss_before is not None and stage.eval_loss_after is not None
+    assert set(stage.data_fingerprints) == {"train", "validation"}
+    assert result.run_dir.path.parent == workspace / "runs" / "tiny"
+    assert (result.run_dir.path / "recipe.yaml").read_text().startswith("name: tiny")
+    summary = json.loads((result.run_dir.path / "summary.json").read_text())
+    assert summary["stages"][0]["loss_first"] == stage.loss_first
 
 
 def test_full_sft_changes_every_trained_weight(write, tiny_model):
@@ -67,7 +67,7 @@ def test_full_sft_changes_every_trained_weight(write, tiny_model):
     assert before.keys() == after.keys()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
     assert not unchanged, f"weights that did not move: {unchanged}"
-    assert result.stages[0]["parameters"]["trainable"] == result.stages[0]["parameters"]["total"]
+    assert result.stages[0].parameters["trainable"] == result.stages[0].parameters["total"]
 
 
 @pytest.mark.parametrize("smoke", [False, True])
@@ -78,11 +78,11 @@ def test_two_stages_chain_through_a_merged_adapter(write, tiny_model, smoke):
 """
     path = make_recipe(write, tiny_model, extra=second)
     result = pipeline.run(load_recipe(path), path, smoke=smoke)
-    first_dir = result.run_dir / "stages" / "sft"
+    first_dir = result.run_dir.path / "stages" / "sft"
     assert (first_dir / "merged" / "model.safetensors").exists()
     merged = load_file(first_dir / "merged" / "model.safetensors")
     final = load_file(Path(result.model_dir) / "model.safetensors")
-    assert [s["stage"] for s in result.stages] == ["sft", "polish"]
+    assert [s.stage for s in result.stages] == ["sft", "polish"]
     assert any(not torch.equal(merged[k], final[k]) for k in merged)
 
 
@@ -90,16 +90,16 @@ def test_packing_and_overrides_reach_the_trainer(write, tiny_model):
     path = make_recipe(write, tiny_model)
     recipe = load_recipe(path, ["stages.sft.args.packing=true", "stages.sft.args.max_steps=2"])
     result = pipeline.run(recipe, path)
-    assert result.stages[0]["steps"] == 2
+    assert result.stages[0].steps == 2
 
 
 def test_smoke_run_uses_a_tiny_model_of_the_same_architecture(write, tiny_model):
     path = make_recipe(write, tiny_model, peft="    peft: {type: qlora}\n")
     result = pipeline.run(load_recipe(path), path, smoke=True)
     (stage,) = result.stages
-    assert stage["steps"] == 2 and result.run_dir.name.endswith("-smoke")
-    assert stage["distributed"]["quantized_layers"] > 0, "a smoke run quantizes its tiny copy as a real run would"
-    config = json.loads((Path(stage["model_dir"]) / "adapter_config.json").read_text())
+    assert stage.steps == 2 and result.run_dir.path.name.endswith("-smoke")
+    assert stage.distributed["quantized_layers"] > 0, "a smoke run quantizes its tiny copy as a real run would"
+    config = json.loads((Path(stage.model_dir) / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA"
 
 
@@ -107,7 +107,7 @@ def test_resume_with_nothing_to_resume_starts_a_new_run(write, tiny_model):
     path = make_recipe(write, tiny_model)
     first = pipeline.run(load_recipe(path), path)
     second = pipeline.run(load_recipe(path), path, resume=True)
-    assert second.run_dir != first.run_dir
+    assert second.run_dir.path != first.run_dir.path
 
 
 def test_resume_continues_from_last_complete_checkpoint(write, tiny_model):
@@ -115,15 +115,15 @@ def test_resume_continues_from_last_complete_checkpoint(write, tiny_model):
     path = make_recipe(write, tiny_model, extra="")
     recipe = load_recipe(path, ["stages.sft.args.max_steps=2"])
     first = pipeline.run(recipe, path)
-    (first.run_dir / "summary.json").unlink()
-    (first.run_dir / "stages" / "sft" / "stage.json").unlink()
+    (first.run_dir.path / "summary.json").unlink()
+    (first.run_dir.path / "stages" / "sft" / "stage.json").unlink()
     again = pipeline.run(load_recipe(path, ["stages.sft.args.max_steps=4"]), path, resume=True)
-    assert again.run_dir == first.run_dir
-    assert again.stages[0]["resumed_from"].endswith("checkpoint-2")
-    assert again.stages[0]["steps"] == 4
+    assert again.run_dir.path == first.run_dir.path
+    assert again.stages[0].resumed_from.endswith("checkpoint-2")
+    assert again.stages[0].steps == 4
     # the recipe changed between the two starts: both versions are kept
-    assert "max_steps: 2" in (first.run_dir / "recipe.previous.yaml").read_text()
-    assert "max_steps: 4" in (first.run_dir / "recipe.yaml").read_text()
+    assert "max_steps: 2" in (first.run_dir.path / "recipe.previous.yaml").read_text()
+    assert "max_steps: 4" in (first.run_dir.path / "recipe.yaml").read_text()
 
 
 @pytest.mark.parametrize("verb", ["train", "run"])
@@ -144,8 +144,8 @@ def test_same_recipe_and_seed_give_the_same_losses(write, tiny_model):
     a = pipeline.run(load_recipe(path), path).stages[0]
     b = pipeline.run(load_recipe(path), path).stages[0]
     c = pipeline.run(load_recipe(path, ["seed=7"]), path).stages[0]
-    assert (a["loss_first"], a["loss_last"]) == (b["loss_first"], b["loss_last"])
-    assert a["loss_last"] != c["loss_last"]
+    assert (a.loss_first, a.loss_last) == (b.loss_first, b.loss_last)
+    assert a.loss_last != c.loss_last
 
 
 def test_chat_template_override_is_used_and_saved(write, tiny_model, tmp_path):

@@ -77,11 +77,9 @@ def inspect_(
 ) -> None:
     """Rows, lengths, truncation, duplicates, train/eval overlap, languages, labels and format problems per split,
     in the terminal and as report.html (plots) and report.json."""
-    from tuneloop.config.schema import Data
-    from tuneloop.data import builtin
-    from tuneloop.data.inspect import Target, inspect
+    from tuneloop.data.inspect import inspect
     from tuneloop.data.report import print_report, write_report
-    from tuneloop.data.sources import raw_splits, source_kind
+    from tuneloop.data.sources import raw_splits
     from tuneloop.errors import TuneloopError
 
     prepared_record = None
@@ -89,18 +87,7 @@ def inspect_(
         recipe, spec = _recipe_target(Path(target), set_, raw)
         name = recipe.name
     else:
-        kind = source_kind(target, Path())
-        if kind == "builtin" and task is None:
-            task = next(iter(builtin.info(target)["tasks"]))
-            err.print(f"built-in dataset {target}: task {task} (choose with --task)")
-        try:
-            data = Data(source=target, task=task)
-        except ValueError as e:
-            fail(f"{target}: {e}")
-        if kind == "files" and not any(p.exists() for p in _files(data)):
-            fail(f"{target}: no such file or directory (or a hub id this machine cannot reach)")
-        spec = Target(data, Path(), DEFAULT_TOKENIZER, SFT_MAX_LENGTH)
-        name = Path(target).stem if kind == "files" else target.replace("/", "--")
+        spec, name = _source_target(target, task)
     if tokenizer is not None:
         spec.tokenizer = None if tokenizer == "none" else tokenizer
     if max_length is not None:
@@ -125,6 +112,28 @@ def inspect_(
     out_dir = output or Path.cwd() / "data-reports" / name
     paths = write_report(report, out_dir)
     out.print(f"report: {paths['html']}  (numbers: {paths['json']})")
+
+
+def _source_target(target: str, task: str | None):
+    """A data file or directory, a built-in dataset (its first task unless --task) or a hub id, as an inspection
+    target with the default tokenizer; and the report's folder name."""
+    from tuneloop.config.schema import Data
+    from tuneloop.data import builtin
+    from tuneloop.data.inspect import Target
+    from tuneloop.data.sources import source_kind
+
+    kind = source_kind(target, Path())
+    if kind == "builtin" and task is None:
+        task = next(iter(builtin.info(target)["tasks"]))
+        err.print(f"built-in dataset {target}: task {task} (choose with --task)")
+    try:
+        data = Data(source=target, task=task)
+    except ValueError as e:
+        fail(f"{target}: {e}")
+    if kind == "files" and not any(p.exists() for p in _files(data)):
+        fail(f"{target}: no such file or directory (or a hub id this machine cannot reach)")
+    name = Path(target).stem if kind == "files" else target.replace("/", "--")
+    return Target(data, Path(), DEFAULT_TOKENIZER, SFT_MAX_LENGTH), name
 
 
 def _files(data) -> list[Path]:

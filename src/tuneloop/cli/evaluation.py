@@ -10,6 +10,7 @@ import typer
 
 from tuneloop.cli.kit import err, fail, out
 from tuneloop.config.errors import RecipeError
+from tuneloop.rundir import RunDir
 
 
 def eval_(
@@ -133,7 +134,7 @@ def _label(ref: str, refs: list[str]) -> str:
         return ref.removeprefix("models:/")
     path = Path(ref.rstrip("/"))
     short = path.name or ref
-    if (path / "summary.json").is_file():
+    if RunDir.holding(path) is not None:
         short = "/".join(path.parts[-2:])
     elif path.name == "model":
         short = "/".join(path.parts[-4:])

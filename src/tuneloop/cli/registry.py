@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from tuneloop.cli.kit import JsonOpt, err, fail, out, print_json
+from tuneloop.rundir import RESULTS
 
 app = typer.Typer(
     help="The model registry (MLflow): versions, lineage, `@champion`/`@challenger`, promotion through the gate.",
@@ -144,7 +145,7 @@ def _print_decision(decision) -> None:
     if decision.gate is not None and decision.report is not None:
         from tuneloop.eval.summary import print_summary
 
-        print_summary(json.loads((decision.report / "results.json").read_text()), out)
+        print_summary(json.loads((decision.report / RESULTS).read_text()), out)
     if decision.promoted:
         was = f" (was version {decision.previous})" if decision.previous else ""
         out.print(f"[green]@champion → {decision.name}/{decision.version}[/]{was}: {decision.reason}")

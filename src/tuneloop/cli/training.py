@@ -4,13 +4,18 @@ under `accelerate launch`). Heavy imports stay inside the verbs, so `tuneloop --
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from tuneloop.cli.kit import SetOpt, err, fail, is_main_rank, load_recipe_or_exit, out
 from tuneloop.config.errors import RecipeError
+
+if TYPE_CHECKING:
+    from tuneloop.pipeline import RunResult
+    from tuneloop.rundir import StageSummary
 
 SmokeOpt = Annotated[
     bool, typer.Option("--smoke", help="Whole path on a tiny random model of the same architecture, few rows, 2 steps.")
@@ -71,25 +76,23 @@ def validate(
 def _train(
     recipe_path: Path, set_, smoke: bool, resume: bool, run_dir: Path | None, verb: str, from_stage: str | None = None
 ) -> None:
+    """Load the recipe → print it → run the pipeline → print each stage, the evaluation, the cost, the registration
+    → exit 3 when the gate failed (reported only for a smoke run)."""
     if from_stage and resume:
         fail("--from starts a new run and --resume continues an unfinished one; use one of them", 2)
         return
     recipe = load_recipe_or_exit(recipe_path, set_)
+    from tuneloop import pipeline
     from tuneloop.config.loader import resolved_yaml
-    from tuneloop.cost import describe as describe_cost
     from tuneloop.errors import TuneloopError
-    from tuneloop.train.progress import console, summary_table
+    from tuneloop.train.progress import console
 
     main = is_main_rank()
     if main:
         console.rule(f"tuneloop {verb} {recipe_path}" + ("  (smoke)" if smoke else ""))
         console.print(resolved_yaml(recipe), markup=False, highlight=False)
-    import time
-
     started = time.perf_counter()
     try:
-        from tuneloop import pipeline
-
         result = pipeline.run(
             recipe,
             recipe_path,
@@ -108,40 +111,7 @@ def _train(
         return
     if not main:
         return
-    for s in result.stages:
-        rows = [
-            ("steps", str(s["steps"])),
-            ("train loss", f"{_f(s['loss_first'])} → {_f(s['loss_last'])}"),
-            ("eval loss", f"{_f(s['eval_loss_before'])} → {_f(s['eval_loss_after'])}")
-            if s.get("eval_loss_after") is not None
-            else ("eval loss", "no eval split"),
-            (
-                "tokens/s",
-                f"{_f(s['tokens_per_s'])} ({s['train_tokens']} non-padding tokens; "
-                f"{_f(s.get('tokens_per_s_after_first_step'))} after the first step)",
-            ),
-            ("train time", f"{s['train_runtime_s']:.1f} s"),
-            ("cost", describe_cost(s.get("cost") or {})),
-            ("processes", _processes(s)),
-            ("memory", _memory(s)),
-            ("model", s["model_dir"]),
-        ]
-        rows += _method_rows(s)
-        rows += [("note", n) for n in s.get("notes", [])]
-        console.print(summary_table(f"stage {s['stage']} ({s['method']})", rows))
-    if result.evaluation is not None:
-        from tuneloop.eval.summary import print_summary
-
-        print_summary(result.evaluation, console)
-        console.print(f"evaluation report: {result.run_dir / 'eval' / 'report.html'}")
-    if result.cost and result.cost.get("total"):
-        parts = [f"{k} {describe_cost(v)}" for k, v in result.cost.items() if v and k != "total"]
-        console.print("cost: " + "; ".join(parts) + f"; [bold]total {describe_cost(result.cost['total'])}[/]")
-    total = time.perf_counter() - started
-    spent = f"{total:.1f} s" if result.evaluation is None else f"{total:.1f} s ({result.wall_s:.1f} s training)"
-    console.print(f"run finished in {spent}: {result.run_dir}")
-    if result.tracking:
-        console.print(f"tracked in MLflow: {result.tracking}")
+    _print_result(result, time.perf_counter() - started, console)
     _print_registration(result, recipe_path, recipe, console)
     failure = pipeline.gate_failure(result.evaluation)
     if failure and smoke:
@@ -150,26 +120,67 @@ def _train(
         fail(failure, 3)
 
 
-def _method_rows(s: dict) -> list[tuple[str, str]]:
+def _print_result(result: RunResult, elapsed: float, console) -> None:
+    """A table per stage, then the evaluation summary, the cost and where the run and its tracking are."""
+    from tuneloop.cost import describe as describe_cost
+    from tuneloop.train.progress import summary_table
+
+    for s in result.stages:
+        console.print(summary_table(f"stage {s.stage} ({s.method})", _stage_rows(s)))
+    if result.evaluation is not None:
+        from tuneloop.eval.summary import print_summary
+
+        print_summary(result.evaluation, console)
+        console.print(f"evaluation report: {result.run_dir.eval_dir / 'report.html'}")
+    if result.cost.get("total"):
+        parts = [f"{k} {describe_cost(v)}" for k, v in result.cost.items() if v and k != "total"]
+        console.print("cost: " + "; ".join(parts) + f"; [bold]total {describe_cost(result.cost['total'])}[/]")
+    training = result.summary.wall_s
+    spent = f"{elapsed:.1f} s" if result.evaluation is None else f"{elapsed:.1f} s ({training:.1f} s training)"
+    console.print(f"run finished in {spent}: {result.run_dir.path}")
+    if result.tracking:
+        console.print(f"tracked in MLflow: {result.tracking}")
+
+
+def _stage_rows(s: StageSummary) -> list[tuple[str, str]]:
+    from tuneloop.cost import describe as describe_cost
+
+    rows = [
+        ("steps", str(s.steps)),
+        ("train loss", f"{_f(s.loss_first)} → {_f(s.loss_last)}"),
+        ("eval loss", f"{_f(s.eval_loss_before)} → {_f(s.eval_loss_after)}")
+        if s.eval_loss_after is not None
+        else ("eval loss", "no eval split"),
+        (
+            "tokens/s",
+            f"{_f(s.tokens_per_s)} ({s.train_tokens} non-padding tokens; "
+            f"{_f(s.tokens_per_s_after_first_step)} after the first step)",
+        ),
+        ("train time", f"{s.train_runtime_s:.1f} s"),
+        ("cost", describe_cost(s.cost or {})),
+        ("processes", _processes(s)),
+        ("memory", _memory(s)),
+        ("model", s.model_dir),
+    ]
+    return rows + _method_rows(s) + [("note", n) for n in s.notes]
+
+
+def _method_rows(s: StageSummary) -> list[tuple[str, str]]:
     """What only some methods report: a reward model's pairwise accuracy, the reference model, GRPO's rewards,
     a distillation's teacher and student."""
     rows = []
-    if acc := s.get("pairwise_accuracy"):
+    if acc := s.pairwise_accuracy:
         rows.append(
             ("pairwise accuracy", f"{acc['value']:.1%} [{acc['ci_low']:.1%}, {acc['ci_high']:.1%}] on {acc['n']} pairs")
         )
-    if s.get("reference_model"):
-        rows.append(("reference", s["reference_model"]))
-    if s.get("rewards"):
-        rows.append(("rewards", ", ".join(f"{r['reward']}×{r['weight']:g}" for r in s["rewards"])))
-    if s.get("zero_std_share_mean") is not None:
-        rows.append(
-            (
-                "tied groups",
-                f"{s['zero_std_share_mean']:.0%} mean, {s['zero_std_share_last']:.0%} last (warn above 80%)",
-            )
-        )
-    if d := s.get("distillation"):
+    if s.reference_model:
+        rows.append(("reference", s.reference_model))
+    if s.rewards:
+        rows.append(("rewards", ", ".join(f"{r['reward']}×{r['weight']:g}" for r in s.rewards)))
+    if s.zero_std_share_mean is not None:
+        last = s.zero_std_share_last or 0.0
+        rows.append(("tied groups", f"{s.zero_std_share_mean:.0%} mean, {last:.0%} last (warn above 80%)"))
+    if d := s.distillation:
         kept = f" {d['kept_layers']}" if d.get("kept_layers") else ""
         rows.append(
             (
@@ -181,7 +192,7 @@ def _method_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _print_registration(result, recipe_path: Path, recipe, console) -> None:
+def _print_registration(result: RunResult, recipe_path: Path, recipe, console) -> None:
     """The registered version, its aliases, its cost, what promotion decided, and what to try next."""
     reg = result.registration
     if reg is None:
@@ -192,7 +203,7 @@ def _print_registration(result, recipe_path: Path, recipe, console) -> None:
     model = store.client().get_registered_model(reg.name)
     tags = " ".join(f"@{a}" for a, v in sorted(model.aliases.items()) if str(v) == reg.version) or "none"
     again = "" if reg.created else " (this run was registered before: same version)"
-    cost = describe_cost((result.cost or {}).get("total") or (result.cost or {}).get("training") or {})
+    cost = describe_cost(result.cost.get("total") or result.cost.get("training") or {})
     console.print(f"[bold]registered[/] {reg.uri}{again} · aliases {tags} · cost {cost}")
     decision = result.promotion
     if decision is not None:
@@ -214,23 +225,22 @@ def _print_registration(result, recipe_path: Path, recipe, console) -> None:
     console.print("next:\n" + "\n".join(f"  {line}" for line in lines), markup=False)
 
 
-def _processes(s: dict) -> str:
+def _processes(s: StageSummary) -> str:
     """`2 · DeepSpeed ZeRO-3 (weights identical on all ranks)`: how many, in which mode, and the rank check."""
     from tuneloop.train.launch import describe
 
-    mode = describe(s.get("distributed"))
-    words = f"{s['world_size']}" + (f" · {mode}" if mode else "")
-    return words if s["world_size"] == 1 else f"{words} ({_sync_words(s['ranks_in_sync'])})"
+    mode = describe(s.distributed)
+    words = f"{s.world_size}" + (f" · {mode}" if mode else "")
+    return words if s.world_size == 1 else f"{words} ({_sync_words(s.ranks_in_sync)})"
 
 
-def _memory(s: dict) -> str:
-    size = s.get("model_memory_bytes")
-    if size is None:
+def _memory(s: StageSummary) -> str:
+    if s.model_memory_bytes is None:
         return "-"
-    layers = (s.get("distributed") or {}).get("quantized_layers")
-    sharded = (s.get("distributed") or {}).get("zero_stage") == 3
+    layers = (s.distributed or {}).get("quantized_layers")
+    sharded = (s.distributed or {}).get("zero_stage") == 3
     return (
-        f"{size / 2**20:.1f} MiB model"
+        f"{s.model_memory_bytes / 2**20:.1f} MiB model"
         + (" (this rank's shard)" if sharded else "")
         + (f", {layers} layers in 4-bit NF4" if layers else "")
     )

@@ -23,6 +23,7 @@ from tuneloop.eval import metrics as M
 from tuneloop.eval.backends import Throughput
 from tuneloop.eval.bootstrap import paired_bootstrap
 from tuneloop.eval.tasks import TaskRows, parse_label
+from tuneloop.rundir import RESULTS
 
 FORMAT = "tuneloop-eval/1"
 WORST = 10
@@ -121,6 +122,42 @@ def open_engine(spec: ModelSpec, backend: str, base_dir: Path, say: Callable[[st
     return engine, model, info
 
 
+def _generate(engine: Any, t: TaskRows, tick, result: dict[str, Any]) -> list[Any]:
+    """The task's answers; records their serving figures and lengths in `result`."""
+    served = Throughput()
+    started = time.perf_counter()
+    answers = engine.generate(t.prompts, t.task.generation, tick)
+    served.wall_s = time.perf_counter() - started
+    served.generated_tokens = sum(a.tokens for a in answers)
+    if hasattr(engine, "count_tokens"):
+        served.prompt_tokens = engine.count_tokens([engine.render(p) for p in t.prompts])
+    else:
+        served.prompt_tokens = sum(a.prompt_tokens for a in answers)
+    result["serving"] = {
+        "wall_s": served.wall_s,
+        "generated_tokens": served.generated_tokens,
+        "prompt_tokens": served.prompt_tokens,
+        "tokens_per_s": served.generated_tokens / served.wall_s if served.wall_s else None,
+        "cost_per_1k_tokens": None,  # the price table arrives with cost accounting
+    }
+    result["lengths"] = M.length_stats([a.tokens for a in answers], [a.text for a in answers])
+    return answers
+
+
+def _external_metric(name: str, predictions: list[str], references: list[Any]) -> dict[str, dict[str, Any]]:
+    """An `evaluate:NAME` metric, computed by Hugging Face evaluate (no per-example statistics, so no CI)."""
+    metric = name.split(":", 1)[1]
+    return {
+        f"{name}/{key}" if key != metric else name: {
+            "value": value,
+            "ci": None,
+            "higher_is_better": True,
+            "signature": "evaluate (no CI)",
+        }
+        for key, value in M.evaluate_metric(metric, predictions, references).items()
+    }
+
+
 def _run_task(
     engine: Any, t: TaskRows, resamples: int, tick, base_dir: Path = Path("."), say: Callable[[str], None] = print
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -130,24 +167,8 @@ def _run_task(
     values: dict[str, Any] = {}
     predictions: list[str] = []
     if t.kind in ("generation", "classification"):
-        served = Throughput()
-        started = time.perf_counter()
-        answers = engine.generate(t.prompts, t.task.generation, tick)
-        served.wall_s = time.perf_counter() - started
+        answers = _generate(engine, t, tick, result)
         predictions = [a.text for a in answers]
-        served.generated_tokens = sum(a.tokens for a in answers)
-        if hasattr(engine, "count_tokens"):
-            served.prompt_tokens = engine.count_tokens([engine.render(p) for p in t.prompts])
-        else:
-            served.prompt_tokens = sum(a.prompt_tokens for a in answers)
-        result["serving"] = {
-            "wall_s": served.wall_s,
-            "generated_tokens": served.generated_tokens,
-            "prompt_tokens": served.prompt_tokens,
-            "tokens_per_s": served.generated_tokens / served.wall_s if served.wall_s else None,
-            "cost_per_1k_tokens": None,  # the price table arrives with cost accounting
-        }
-        result["lengths"] = M.length_stats([a.tokens for a in answers], predictions)
     if t.kind == "generation":
         rewards = None
         if "reward_score" in builtin:
@@ -182,13 +203,7 @@ def _run_task(
             tick(len(t.prompts))
         values = {"preference_accuracy": M.preference_metric(chosen, rejected, resamples=resamples)}
     for name in external:
-        for key, value in M.evaluate_metric(name.split(":", 1)[1], predictions, t.references).items():
-            result["metrics"][f"{name}/{key}" if key != name.split(":", 1)[1] else name] = {
-                "value": value,
-                "ci": None,
-                "higher_is_better": True,
-                "signature": "evaluate (no CI)",
-            }
+        result["metrics"].update(_external_metric(name, predictions, t.references))
     stats = {}
     worst: dict[str, list[dict[str, Any]]] = {}
     for name, mv in values.items():
@@ -344,14 +359,14 @@ def write_results(
     if gate is not None:
         results["gate"] = gate
     text = json.dumps(finite(results), indent=2, ensure_ascii=False, default=_json, allow_nan=False)
-    (out_dir / "results.json").write_text(text)
+    (out_dir / RESULTS).write_text(text)
     write_reports(results, out_dir)
     return results
 
 
 def load_run(results_path: Path, label: str | None = None) -> ModelRun:
     """A model's results and statistics back from an evaluation directory (for `tuneloop eval --compare`)."""
-    path = results_path / "results.json" if results_path.is_dir() else results_path
+    path = results_path / RESULTS if results_path.is_dir() else results_path
     if not path.is_file():
         raise TuneloopError(f"{results_path}: no results.json (give an evaluation output directory)")
     results = json.loads(path.read_text())

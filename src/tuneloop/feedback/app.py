@@ -12,6 +12,7 @@ Keyboard: 1 = left better, 2 = right better, 3 = tie, 4 = both bad (pairwise tab
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -94,71 +95,81 @@ def build(name: str) -> gr.Blocks:
             gr.Markdown(info["guidelines"])
         with gr.Tabs():
             if "pairwise" in tasks:
-                with gr.Tab("Compare", id="pairwise"):
-                    p_id = gr.State(None)
-                    p_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
-                    with gr.Row():
-                        p_left = gr.Textbox(label="Answer A", interactive=False, lines=4, elem_id="answer-left")
-                        p_right = gr.Textbox(label="Answer B", interactive=False, lines=4, elem_id="answer-right")
-                    p_comment = gr.Textbox(label="Comment (optional)", lines=1)
-                    with gr.Row():
-                        buttons = {
-                            "left": gr.Button("A is better  [1]", elem_id="vote-left", variant="primary"),
-                            "right": gr.Button("B is better  [2]", elem_id="vote-right", variant="primary"),
-                            "tie": gr.Button("Tie  [3]", elem_id="vote-tie"),
-                            "both_bad": gr.Button("Both bad  [4]", elem_id="vote-both-bad"),
-                        }
-                    outs = [p_id, p_prompt, p_left, p_right, status_md, p_comment]
-                    for choice, button in buttons.items():
-                        button.click(
-                            pairwise_vote(choice),
-                            [p_id, p_comment],
-                            outs,
-                            trigger_mode="once",
-                            api_name=f"vote_{choice}",
-                        )
-                    demo.load(loader("pairwise"), None, outs[:5], api_name="next_pairwise")
+                _compare_tab(demo, status_md, pairwise_vote, loader("pairwise"))
             if "rating" in tasks:
-                with gr.Tab("Rate", id="rating"):
-                    r_id = gr.State(None)
-                    r_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
-                    r_answer = gr.Textbox(label="Answer", interactive=False, lines=4)
-                    sliders = [gr.Slider(1, 5, value=3, step=1, label=q["text"]) for q in questions]
-                    r_comment = gr.Textbox(label="Comment (optional)", lines=1)
-                    r_submit = gr.Button("Submit rating", variant="primary", elem_id="rate-submit")
-                    r_outs = [r_id, r_prompt, r_answer, gr.Textbox(visible=False), status_md, r_comment]
-
-                    def rate(data: dict, request: gr.Request):  # inputs given as a set arrive as one dict
-                        value = {"ratings": {q["name"]: int(data[s]) for q, s in zip(questions, sliders, strict=True)}}
-                        return vote("rating", data[r_id], value, data[r_comment], request)
-
-                    r_submit.click(rate, {r_id, r_comment, *sliders}, r_outs, trigger_mode="once", api_name="rate")
-                    demo.load(loader("rating"), None, r_outs[:5], api_name="next_rating")
+                _rating_tab(demo, status_md, questions, vote, loader("rating"))
             if "rewrite" in tasks:
-                with gr.Tab("Rewrite", id="rewrite"):
-                    w_id = gr.State(None)
-                    w_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
-                    w_answer = gr.Textbox(label="Answer — edit it into a good one", lines=4, elem_id="rewrite-text")
-                    w_comment = gr.Textbox(label="Comment (optional)", lines=1)
-                    w_submit = gr.Button("Submit rewrite", variant="primary", elem_id="rewrite-submit")
-                    w_outs = [w_id, w_prompt, w_answer, gr.Textbox(visible=False), status_md, w_comment]
-                    w_submit.click(
-                        rewrite,
-                        [w_id, w_answer, w_comment],
-                        w_outs,
-                        trigger_mode="once",
-                        api_name="rewrite",
-                    )
-                    demo.load(loader("rewrite"), None, w_outs[:5], api_name="next_rewrite")
-            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:  # shown to admins on load
-                a_summary = gr.Markdown("Admins only.")
-                a_ranking = gr.Dataframe(headers=["rank", "model", "score", "95% CI", "wins", "losses", "ties"])
-                a_plot = gr.Plot(label="Bradley–Terry scores with 95% CIs")
-                a_raters = gr.Dataframe(headers=["rater", "votes", "gold correct", "gold accuracy [95% CI]", "flagged"])
-                a_refresh = gr.Button("Refresh", elem_id="admin-refresh")
-                a_refresh.click(admin_view, None, [a_summary, a_ranking, a_plot, a_raters], api_name="admin")
+                _rewrite_tab(demo, status_md, rewrite, loader("rewrite"))
+            admin_tab = _admin_tab(admin_view)
         demo.load(admin_visible, None, admin_tab)
     return demo
+
+
+# Each tab's handlers answer (assignment id, prompt, left/answer, right, status, cleared comment); `load` fills the
+# first item when the page opens. Buttons fire once per click (trigger_mode="once"): a double click is one vote.
+
+
+def _compare_tab(demo: gr.Blocks, status_md: gr.Markdown, pairwise_vote: Callable, load: Callable) -> None:
+    with gr.Tab("Compare", id="pairwise"):
+        p_id = gr.State(None)
+        p_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
+        with gr.Row():
+            p_left = gr.Textbox(label="Answer A", interactive=False, lines=4, elem_id="answer-left")
+            p_right = gr.Textbox(label="Answer B", interactive=False, lines=4, elem_id="answer-right")
+        p_comment = gr.Textbox(label="Comment (optional)", lines=1)
+        with gr.Row():
+            buttons = {
+                "left": gr.Button("A is better  [1]", elem_id="vote-left", variant="primary"),
+                "right": gr.Button("B is better  [2]", elem_id="vote-right", variant="primary"),
+                "tie": gr.Button("Tie  [3]", elem_id="vote-tie"),
+                "both_bad": gr.Button("Both bad  [4]", elem_id="vote-both-bad"),
+            }
+        outs = [p_id, p_prompt, p_left, p_right, status_md, p_comment]
+        for choice, button in buttons.items():
+            button.click(pairwise_vote(choice), [p_id, p_comment], outs, trigger_mode="once", api_name=f"vote_{choice}")
+        demo.load(load, None, outs[:5], api_name="next_pairwise")
+
+
+def _rating_tab(demo: gr.Blocks, status_md: gr.Markdown, questions: list[dict], vote: Callable, load: Callable) -> None:
+    with gr.Tab("Rate", id="rating"):
+        r_id = gr.State(None)
+        r_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
+        r_answer = gr.Textbox(label="Answer", interactive=False, lines=4)
+        sliders = [gr.Slider(1, 5, value=3, step=1, label=q["text"]) for q in questions]
+        r_comment = gr.Textbox(label="Comment (optional)", lines=1)
+        r_submit = gr.Button("Submit rating", variant="primary", elem_id="rate-submit")
+        r_outs = [r_id, r_prompt, r_answer, gr.Textbox(visible=False), status_md, r_comment]
+
+        def rate(data: dict, request: gr.Request):  # inputs given as a set arrive as one dict
+            value = {"ratings": {q["name"]: int(data[s]) for q, s in zip(questions, sliders, strict=True)}}
+            return vote("rating", data[r_id], value, data[r_comment], request)
+
+        r_submit.click(rate, {r_id, r_comment, *sliders}, r_outs, trigger_mode="once", api_name="rate")
+        demo.load(load, None, r_outs[:5], api_name="next_rating")
+
+
+def _rewrite_tab(demo: gr.Blocks, status_md: gr.Markdown, rewrite: Callable, load: Callable) -> None:
+    with gr.Tab("Rewrite", id="rewrite"):
+        w_id = gr.State(None)
+        w_prompt = gr.Textbox(label="Prompt", interactive=False, lines=4)
+        w_answer = gr.Textbox(label="Answer — edit it into a good one", lines=4, elem_id="rewrite-text")
+        w_comment = gr.Textbox(label="Comment (optional)", lines=1)
+        w_submit = gr.Button("Submit rewrite", variant="primary", elem_id="rewrite-submit")
+        w_outs = [w_id, w_prompt, w_answer, gr.Textbox(visible=False), status_md, w_comment]
+        w_submit.click(rewrite, [w_id, w_answer, w_comment], w_outs, trigger_mode="once", api_name="rewrite")
+        demo.load(load, None, w_outs[:5], api_name="next_rewrite")
+
+
+def _admin_tab(admin_view: Callable) -> gr.Tab:
+    """Hidden until the page loads for an admin; `admin()` checks the role again, for the HTTP API."""
+    with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+        a_summary = gr.Markdown("Admins only.")
+        a_ranking = gr.Dataframe(headers=["rank", "model", "score", "95% CI", "wins", "losses", "ties"])
+        a_plot = gr.Plot(label="Bradley–Terry scores with 95% CIs")
+        a_raters = gr.Dataframe(headers=["rater", "votes", "gold correct", "gold accuracy [95% CI]", "flagged"])
+        a_refresh = gr.Button("Refresh", elem_id="admin-refresh")
+        a_refresh.click(admin_view, None, [a_summary, a_ranking, a_plot, a_raters], api_name="admin")
+    return admin_tab
 
 
 def admin(name: str, request: gr.Request) -> tuple[str, list[list], Any, list[list]]:

@@ -27,6 +27,7 @@ from tuneloop.config.schema import Recipe
 from tuneloop.config.sweep import duration_s
 from tuneloop.errors import TuneloopError
 from tuneloop.loop import store
+from tuneloop.rundir import RunDir
 
 
 def loop_name(recipe: Recipe) -> str:
@@ -319,8 +320,8 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
 
     sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
     trained = load_recipe(recipe_path, sets)
-    run_dir = round_dir(rnd["loop"], rnd["number"]) / "run"
-    resume = (run_dir / "summary.json").exists() or (run_dir / "recipe.yaml").exists()
+    run = RunDir(round_dir(rnd["loop"], rnd["number"]) / "run")
+    resume = run.summary_file.exists() or run.recipe_file.exists()
     tags = {
         "tuneloop.loop": rnd["loop"],
         "tuneloop.loop_round": str(rnd["number"]),
@@ -328,13 +329,13 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
         "tuneloop.traffic": json.dumps(state.get("traffic")),
     }
     say(f"retraining {model}@champion on {state['rows']} rows: {', '.join(s.name for s in loop.retrain)}")
-    if loop.launch and not (run_dir / "summary.json").exists():
-        _launch(loop.launch, recipe_path, sets, run_dir, say)
+    if loop.launch and not run.summary_file.exists():
+        _launch(loop.launch, recipe_path, sets, run.path, say)
         resume = True  # the launched processes trained; this one evaluates, gates, registers and promotes
     result = pipeline.run(
         trained,
         recipe_path,
-        run_dir=run_dir,
+        run_dir=run.path,
         resume=resume,
         say=say,
         tags=tags,
@@ -344,7 +345,7 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     promoted = bool(decision is not None and decision.promoted)
     evaluation = result.evaluation or {}
     gate = evaluation.get("gate")
-    compute = (result.cost or {}).get("total") or {}
+    compute = result.cost.get("total") or {}
     cost: dict[str, Any] = {"compute": compute}
     if loop.votes.price is not None:  # rater time, priced per vote
         cost["raters"] = {"money": state.get("votes", 0) * loop.votes.price, "currency": compute.get("currency")}
@@ -354,7 +355,7 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
         "device_hours": compute.get("device_hours"),
     }
     summary = {
-        "run_dir": str(result.run_dir),
+        "run_dir": str(result.run_dir.path),
         "version": reg.version if reg is not None else None,
         "decision": "promoted" if promoted else "refused",
         "reason": decision.reason if decision is not None else "registry.promote is not auto: promote it by hand",

@@ -15,6 +15,7 @@ from typing import Any
 
 from tuneloop.config.schema import Format, ModelRef
 from tuneloop.errors import TuneloopError
+from tuneloop.rundir import RunDir
 
 TRAINING_RECORD = "tuneloop-train.json"
 
@@ -39,8 +40,9 @@ def resolve_model(ref: str, base_dir: Path, say=print) -> EvalModel:
         say(f"{ref} is version {found.get('version')} of {found.get('name')} ({path})")
         return _local(ref, path)
     path = Path(ref).expanduser()
-    if path.is_dir() and (path / "summary.json").is_file() and not (path / "config.json").exists():
-        model_dir = json.loads((path / "summary.json").read_text())["model_dir"]
+    run = RunDir.holding(path)
+    if run is not None and not (path / "config.json").exists():
+        model_dir = run.summary().model_dir
         say(f"{ref} is a run; evaluating its final model {model_dir}")
         path = Path(model_dir)
     elif path.is_dir() and not _loadable(path):

@@ -7,6 +7,7 @@ from typing import Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.cost import describe
+from tuneloop.rundir import RunSummary
 
 
 def _short(sha: str | None) -> str:
@@ -19,13 +20,13 @@ def _f(v: Any, digits: int = 4) -> str:
 
 def model_card(
     recipe: Recipe,
-    summary: dict[str, Any],
+    summary: RunSummary,
     results: dict[str, Any] | None,
     record: dict[str, Any],
     tags: dict[str, str],
 ) -> str:
     """Markdown: what the model is, what it came from, how it was trained, how it scored, what it cost."""
-    base = summary.get("base_model") or {}
+    base = summary.base_model
     lines = [f"# {record['name']}", ""]
     if recipe.description:
         lines += [recipe.description, ""]
@@ -42,9 +43,9 @@ def model_card(
         ("recipe", f"{recipe.name}, sha256 {_short(tags.get('tuneloop.recipe_sha256'))}"),
         ("code", f"`{code[:12]}`{dirty}" if code else "not in a git checkout"),
         ("training run", f"`{tags.get('tuneloop.run_dir', '')}` (MLflow run `{tags.get('tuneloop.run_id', '')}`)"),
-        ("cost", _cost_line(summary.get("cost") or {})),
+        ("cost", _cost_line(summary.cost)),
     ]
-    if summary.get("smoke"):
+    if summary.smoke:
         rows.append(("smoke run", "tiny random model of the base architecture: for checking the path only"))
     lines += ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     lines += [
@@ -53,12 +54,11 @@ def model_card(
         "| stage | method | data fingerprints | steps | train loss | eval loss | tokens/s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for s in summary.get("stages", []):
-        fps = ", ".join(f"{k} `{v}`" for k, v in (s.get("data_fingerprints") or {}).items())
+    for s in summary.stages:
+        fps = ", ".join(f"{k} `{v}`" for k, v in (s.data_fingerprints or {}).items())
         lines.append(
-            f"| {s['stage']} | {s['method']} | {fps} | {s['steps']} | {_f(s.get('loss_first'))} → "
-            f"{_f(s.get('loss_last'))} | {_f(s.get('eval_loss_before'))} → {_f(s.get('eval_loss_after'))} | "
-            f"{_f(s.get('tokens_per_s'))} |"
+            f"| {s.stage} | {s.method} | {fps} | {s.steps} | {_f(s.loss_first)} → {_f(s.loss_last)} | "
+            f"{_f(s.eval_loss_before)} → {_f(s.eval_loss_after)} | {_f(s.tokens_per_s)} |"
         )
     lines.append("")
     if results:

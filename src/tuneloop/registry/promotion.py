@@ -27,6 +27,7 @@ from tuneloop.eval.runner import ModelRun, ModelSpec, compare, evaluate_model, l
 from tuneloop.eval.suite import Suite
 from tuneloop.models.registered import cache_dir, get_version
 from tuneloop.registry import aliases
+from tuneloop.rundir import RESULTS
 from tuneloop.tracking import store
 
 
@@ -43,6 +44,18 @@ class Decision:
     report: Path | None = None
     forced: bool = False
     evaluated: list[str] = field(default_factory=list)  # versions that had to be evaluated (cache misses)
+
+
+def _force(c: Any, name: str, version: str, reason: str | None) -> Decision:
+    """`--force`: champion without the gate, recording why and who."""
+    if not reason:
+        raise TuneloopError("--force needs --reason: say why the gate is overridden (it is recorded)")
+    with aliases.locked(c, name):
+        before = aliases.current(c, name, aliases.CHAMPION)
+        forced = "forced: gate not evaluated"
+        aliases.move(c, name, aliases.CHAMPION, version, "promote", reason=reason, forced=True, detail=forced)
+        _clear_challenger(c, name, version)
+    return Decision(name, version, True, before, f"forced by {aliases.who()}: {reason}", forced=True)
 
 
 def promote(
@@ -63,22 +76,7 @@ def promote(
     mv = get_version(f"models:/{name}/{version}")
     version = str(mv.version)
     if force:
-        if not reason:
-            raise TuneloopError("--force needs --reason: say why the gate is overridden (it is recorded)")
-        with aliases.locked(c, name):
-            before = aliases.current(c, name, aliases.CHAMPION)
-            aliases.move(
-                c,
-                name,
-                aliases.CHAMPION,
-                version,
-                "promote",
-                reason=reason,
-                forced=True,
-                detail="forced: gate not evaluated",
-            )
-            _clear_challenger(c, name, version)
-        return Decision(name, version, True, before, f"forced by {aliases.who()}: {reason}", forced=True)
+        return _force(c, name, version, reason)
     evaluated: list[str] = []
     gate_state = own_gate or (mv.tags or {}).get("tuneloop.gate", "none")
     detail = (mv.tags or {}).get("tuneloop.gate.detail", "")
@@ -283,7 +281,7 @@ def _cached_results(name: str, version: str) -> list[Path]:
 def _registered_eval(name: str, version: str) -> Path | None:
     """The version's registered eval/results.json (None when it was registered without evaluation)."""
     folder = _version_file(name, version, "eval")
-    return folder / "results.json" if folder is not None and (folder / "results.json").is_file() else None
+    return folder / RESULTS if folder is not None and (folder / RESULTS).is_file() else None
 
 
 def _version_file(name: str, version: str, relpath: str) -> Path | None:

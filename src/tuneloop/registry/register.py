@@ -27,7 +27,8 @@ from tuneloop.config.schema import Recipe
 from tuneloop.errors import TuneloopError
 from tuneloop.models.registered import MODEL_RECORD
 from tuneloop.registry import aliases
-from tuneloop.tracking import RunTracker, store
+from tuneloop.rundir import RunDir, RunSummary
+from tuneloop.tracking import RunTracker, evaluation_metrics, store
 
 ARTIFACT_PATH = "registered-model"
 SKIP_FILES = {"README.md", "training_args.bin"}  # peft's placeholder card; a pickle nobody should load
@@ -56,12 +57,11 @@ def register_run(
     """Register the run's final model as a new version with `@challenger`, or return its existing version."""
     if tracker.run_id is None:
         raise TuneloopError("registration needs the run's MLflow run (tracking.mlflow is off)")
-    summary_file = run_dir / "summary.json"
-    if not summary_file.is_file():
+    run = RunDir(run_dir)
+    summary = run.summary()
+    if summary is None:
         raise TuneloopError(f"{run_dir} has no summary.json: its training did not finish; nothing to register")
-    summary = json.loads(summary_file.read_text())
-    results_file = run_dir / "eval" / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    results = run.results()
     c = store.client()
     name = registered_name(recipe, smoke)
     _ensure_model(c, name, recipe)
@@ -71,7 +71,7 @@ def register_run(
     run_tags = dict(c.get_run(tracker.run_id).data.tags)
     with tempfile.TemporaryDirectory(prefix="tuneloop-register-") as tmp:
         staged = Path(tmp) / ARTIFACT_PATH
-        record = _stage(run_dir, recipe, summary, results, staged, name, say)
+        record = _stage(run, recipe, summary, results, staged, name, say)
         tags = lineage_tags(summary, results, record, run_tags, tracker.run_id, run_dir, smoke)
         from tuneloop.registry.card import model_card
 
@@ -91,26 +91,24 @@ def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> 
     """`tuneloop registry register RUN_DIR`: a run trained by `tuneloop train` (or on a cluster) and evaluated
     afterwards, registered as `tuneloop run` would have; its MLflow run is reopened (or created) for it."""
     from tuneloop.recipes import load_recipe
-    from tuneloop.train import begin_tracking, runs
+    from tuneloop.train import begin_tracking
 
-    run_dir = run_dir.resolve()
-    summary_file = run_dir / runs.SUMMARY
-    if not summary_file.is_file():
+    run = RunDir(run_dir.resolve())
+    run_dir = run.path
+    summary = run.summary()
+    if summary is None:
         raise TuneloopError(f"{run_dir} is not a finished run (no summary.json): finish or --resume it first")
-    summary = json.loads(summary_file.read_text())
-    original = Path(summary.get("recipe_path") or run_dir / "recipe.yaml")
-    recipe = load_recipe(run_dir / "recipe.yaml", base_dir=original.parent if original.parent.is_dir() else None)
+    original = Path(summary.recipe_path or run.recipe_file)
+    recipe = load_recipe(run.recipe_file, base_dir=original.parent if original.parent.is_dir() else None)
     if recipe.registry is None:
         raise TuneloopError(f"{run_dir}: its recipe has no `registry:` section (registry.name is the model's name)")
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, "registration", say)
     tracker.preflight()
-    smoke = bool(summary.get("smoke"))
+    smoke = summary.smoke
     begin_tracking(tracker, recipe, original, run_dir, smoke)
-    results = run_dir / "eval" / "results.json"
-    if results.is_file():
-        from tuneloop.tracking import evaluation_metrics
-
-        tracker.log_metrics(evaluation_metrics(json.loads(results.read_text())))
+    results = run.results()
+    if results is not None:
+        tracker.log_metrics(evaluation_metrics(results))
     try:
         reg = register_run(run_dir, recipe, tracker, smoke=smoke, say=say)
     except BaseException as e:
@@ -134,9 +132,9 @@ def _ensure_model(c: Any, name: str, recipe: Recipe) -> None:
 
 
 def _stage(
-    run_dir: Path,
+    run: RunDir,
     recipe: Recipe,
-    summary: dict[str, Any],
+    summary: RunSummary,
     results: dict[str, Any] | None,
     out: Path,
     name: str,
@@ -146,13 +144,13 @@ def _stage(
     from tuneloop.models.loading import merge_adapter
     from tuneloop.models.references import weights_sha256
 
-    model_dir = Path(summary["model_dir"])
-    base = summary.get("base_model") or {}
+    model_dir = Path(summary.model_dir)
+    base = summary.base_model
     out.mkdir(parents=True)
     kind, adapter_base = "full", None
     if (model_dir / "adapter_config.json").is_file():
         trained_on = json.loads((model_dir / "adapter_config.json").read_text()).get("base_model_name_or_path", "")
-        if _inside(Path(trained_on), run_dir):
+        if _inside(Path(trained_on), run.path):
             # the adapter's base exists only in this run (a smoke model, or the merge between two stages):
             # register the merged weights, which stand alone anywhere
             say("the adapter's base lives only in this run directory: registering the merged full weights")
@@ -167,10 +165,10 @@ def _stage(
         _copy_files(model_dir, out)
     if results is not None:
         (out / "eval").mkdir()
-        for f in (run_dir / "eval").iterdir():
+        for f in run.eval_dir.iterdir():
             if f.is_file():
                 shutil.copy2(f, out / "eval" / f.name)
-    shutil.copy2(run_dir / "recipe.yaml", out / "recipe.yaml")
+    shutil.copy2(run.recipe_file, out / "recipe.yaml")
     record = {
         "name": name,
         "kind": kind,
@@ -179,7 +177,7 @@ def _stage(
         "base_model": base,
         "weights_sha256": weights_sha256(str(out)),
         "recipe": recipe.name,
-        "run_dir": str(run_dir),
+        "run_dir": str(run.path),
     }
     (out / MODEL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -226,7 +224,7 @@ def candidate_entry(results: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def lineage_tags(
-    summary: dict[str, Any],
+    summary: RunSummary,
     results: dict[str, Any] | None,
     record: dict[str, Any],
     run_tags: dict[str, str],
@@ -235,7 +233,7 @@ def lineage_tags(
     smoke: bool,
 ) -> dict[str, str]:
     """Everything `registry lineage`, `show` and promotion read, as version tags (strings)."""
-    base = summary.get("base_model") or {}
+    base = summary.base_model
     tags = {
         "tuneloop.run_id": run_id,
         "tuneloop.run_dir": str(run_dir),
@@ -266,12 +264,12 @@ def lineage_tags(
     ):
         if key in run_tags:
             tags[key] = run_tags[key]
-    for s in summary.get("stages", []):
-        for split, fp in (s.get("data_fingerprints") or {}).items():
-            tags[f"tuneloop.data.{s['stage']}.{split}"] = fp
-        if s.get("data_prepare"):
-            tags[f"tuneloop.data.{s['stage']}.prepare"] = s["data_prepare"]["fingerprint"]
-    cost = (summary.get("cost") or {}).get("total") or (summary.get("cost") or {}).get("training") or {}
+    for s in summary.stages:
+        for split, fp in (s.data_fingerprints or {}).items():
+            tags[f"tuneloop.data.{s.stage}.{split}"] = fp
+        if s.data_prepare:
+            tags[f"tuneloop.data.{s.stage}.prepare"] = s.data_prepare["fingerprint"]
+    cost = summary.cost.get("total") or summary.cost.get("training") or {}
     if cost:
         keep = ("money", "currency", "device_hours", "flops", "tokens")
         tags["tuneloop.cost"] = json.dumps({k: cost.get(k) for k in keep})

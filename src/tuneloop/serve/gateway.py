@@ -183,6 +183,8 @@ class Gateway:
         return None, row
 
     async def proxy(self, request: Request) -> Response:
+        """Authorize → parse and route the body → forward it to the engine → answer (relaying a stream as it
+        comes); every request, refused or answered, is logged and counted."""
         t0 = time.perf_counter()
         path = request.url.path
         endpoint = ENDPOINTS[path]
@@ -203,45 +205,37 @@ class Gateway:
             "body": None,
             "tokenizer": None,
         }
+        admitted = self._admit(body, record, endpoint, t0)
+        if isinstance(admitted, Response):
+            return admitted
+        served, body = admitted
+        return await self._forward(path, body, served, record, endpoint, t0)
+
+    def _admit(self, body: bytes, record: dict[str, Any], endpoint: str, t0: float) -> Response | tuple[Any, bytes]:
+        """The served model the body names and the body to forward, or the OpenAI-shaped error that refuses it."""
         try:
             payload = json.loads(body)
             if not isinstance(payload, dict):
                 raise ValueError("the body must be a JSON object")
         except ValueError as e:
             record["body"] = {"unparsed": body[:10000].decode("utf-8", errors="replace")}
-            return self._reject(
-                record,
-                endpoint,
-                t0,
-                error(400, f"The request body is not valid JSON: {e}", "BadRequestError", 400, "body"),
-            )
+            problem = error(400, f"The request body is not valid JSON: {e}", "BadRequestError", 400, "body")
+            return self._reject(record, endpoint, t0, problem)
         record["body"] = payload
         engine = self.engine
         deployment = engine.deployment
         served = deployment.get(payload.get("model"))
         if served is None:
             record["model"] = str(payload.get("model"))
-            return self._reject(
-                record,
-                endpoint,
-                t0,
-                error(
-                    404,
-                    f"The model `{payload.get('model')}` does not exist. Valid models: {', '.join(deployment.names)}.",
-                    "NotFoundError",
-                    404,
-                    "model",
-                ),
-            )
-        stream = bool(payload.get("stream"))
-        record.update(model=served.name, version=served.version, stream=stream, tokenizer=str(served.path))
+            valid = ", ".join(deployment.names)
+            message = f"The model `{payload.get('model')}` does not exist. Valid models: {valid}."
+            return self._reject(record, endpoint, t0, error(404, message, "NotFoundError", 404, "model"))
+        record.update(
+            model=served.name, version=served.version, stream=bool(payload.get("stream")), tokenizer=str(served.path)
+        )
         if self.failure is not None or not engine.alive():
-            return self._reject(
-                record,
-                endpoint,
-                t0,
-                error(503, f"The engine is not running: {self.failure or 'exited'}", "ServiceUnavailable", 503),
-            )
+            message = f"The engine is not running: {self.failure or 'exited'}"
+            return self._reject(record, endpoint, t0, error(503, message, "ServiceUnavailable", 503))
         if engine.kind == "transformers":
             problem = check_limits(payload, engine)
             if problem:
@@ -249,7 +243,14 @@ class Gateway:
             body = json.dumps({**payload, "model": str(deployment.base)}).encode()
         elif "model" not in payload and deployment.mode == "multi-lora":
             body = json.dumps({**payload, "model": served.name}).encode()  # not the (hidden) base
-        headers = {VERSION_HEADER: served.label, "x-request-id": request_id}
+        return served, body
+
+    async def _forward(
+        self, path: str, body: bytes, served: Any, record: dict[str, Any], endpoint: str, t0: float
+    ) -> Response:
+        """Send the request to the engine, counting it in flight until its answer (or stream) is done."""
+        engine = self.engine
+        headers = {VERSION_HEADER: served.label, "x-request-id": record["request_id"]}
         engine.inflight += 1
         self.metrics.inflight.inc()
         released = False
@@ -269,7 +270,7 @@ class Gateway:
         except (aiohttp.ClientError, OSError) as e:
             release()
             return self._finish_error(record, endpoint, t0, 503, f"The engine did not answer: {e}")
-        if not stream or upstream.status != 200:
+        if not record["stream"] or upstream.status != 200:
             try:
                 raw = await upstream.read()
             except (aiohttp.ClientError, OSError) as e:

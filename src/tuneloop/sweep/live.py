@@ -157,9 +157,9 @@ class LiveExecutor:
         spent = clock()
         extra["mlflow_run"] = result.tracking or ""
         values = objective_values(result.evaluation or {}, self.spec)
-        cost = result.cost or {}
+        cost = result.cost
         stages = result.stages
-        trained = sum(int(s["steps"]) * (2 if self.smoke else _batch(recipe.stage(s["stage"]))) for s in stages)
+        trained = sum(s.steps * (2 if self.smoke else _batch(recipe.stage(s.stage))) for s in stages)
         overhead = max(0.0, spent["device_hours"] - _hours(cost.get("total")))
         train = _figures(cost.get("training"), overhead)  # loading and setup belong to training's cost per example
         return Outcome(
@@ -168,7 +168,7 @@ class LiveExecutor:
             train_cost=train,
             eval_cost=_figures(cost.get("evaluation")),
             trained_examples=trained or None,
-            steps=int(stages[-1]["steps"]) if stages else None,
+            steps=stages[-1].steps if stages else None,
             extra=extra,
         )
 

@@ -10,17 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.rundir import RunDir
 
 
 def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] = print) -> Any:
     from tuneloop.registry.register import register_run
     from tuneloop.sweep.spec import load_sweep
-    from tuneloop.tracking import TRACKING_FILE, RunTracker
+    from tuneloop.tracking import RunTracker
 
-    run_dir = Path(row.get("run_dir") or "")
-    if not (run_dir / "summary.json").is_file():
+    run = RunDir.holding(Path(row.get("run_dir") or ""))
+    if run is None:
         raise TuneloopError(
-            f"trial #{row['number']} has no finished run directory here ({run_dir}); register it on the machine "
+            f"trial #{row['number']} has no finished run directory here ({row.get('run_dir')}); register it on the "
+            "machine "
             "that ran it (`tuneloop registry register RUN_DIR`)"
         )
     source = study.user_attrs.get("source")
@@ -31,11 +33,9 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     recipe = spec.recipe
     if recipe.registry is None:
         raise TuneloopError(f"{spec.recipe_path} has no `registry:` section (registry.name is the model's name)")
-    record = (
-        json.loads((run_dir / TRACKING_FILE).read_text()).get("mlflow") if (run_dir / TRACKING_FILE).is_file() else None
-    )
+    record = json.loads(run.tracking_file.read_text()).get("mlflow") if run.tracking_file.is_file() else None
     if not record:
-        raise TuneloopError(f"{run_dir} was not tracked in MLflow, which registration needs")
+        raise TuneloopError(f"{run.path} was not tracked in MLflow, which registration needs")
     tracker = RunTracker(recipe.tracking, recipe.tracking.experiment or recipe.name, "registration", say)
     tracker.run_id, tracker.experiment_id = record["run_id"], record["experiment_id"]
     tracker.set_tags({"tuneloop.sweep": study.study_name, "tuneloop.sweep_trial": str(row["number"])})
@@ -46,9 +46,10 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     from tuneloop.sweep.space import override
 
     full = load_recipe(spec.recipe_path, [*overrides, *(override(k, v) for k, v in row["params"].items())])
-    recorded, trial_copy = run_dir / "recipe.yaml", run_dir / "recipe.trial.yaml"
+    recorded, trial_copy = run.recipe_file, run.path / "recipe.trial.yaml"
     if not trial_copy.exists():
         recorded.replace(trial_copy)
     recorded.write_text(resolved_yaml(full))
-    smoke = bool(json.loads((run_dir / "summary.json").read_text()).get("smoke"))
-    return register_run(run_dir, full, tracker, smoke=smoke, say=say)
+    summary = run.summary()
+    assert summary is not None
+    return register_run(run.path, full, tracker, smoke=summary.smoke, say=say)

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.config.lifecycle import Tracking
+from tuneloop.rundir import TRACKING, RunDir, StageSummary
 from tuneloop.tracking import store
 
-TRACKING_FILE = "tracking.json"
+TRACKING_FILE = TRACKING  # the run directory's record of its MLflow (and W&B) run
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
 
 
@@ -107,7 +108,7 @@ class RunTracker:
             run_dir.mkdir(parents=True, exist_ok=True)
             record_file.write_text(json.dumps(record, indent=2) + "\n")
 
-    def stage_run(self, run_dir: Path, stage: Any, summary: dict[str, Any]) -> None:
+    def stage_run(self, run_dir: Path, stage: Any, summary: StageSummary) -> None:
         """A child MLflow run for one finished stage, under this run (`mlflow.parentRunId`): the stage's method,
         args and start as params, its summary as metrics, stage.json as an artifact. Created once per stage; its id
         is kept in tracking.json so a resumed run does not record a finished stage twice."""
@@ -127,8 +128,8 @@ class RunTracker:
             "tuneloop.method": stage.method,
             "tuneloop.run_dir": str(run_dir),
         }
-        if summary.get("reused_from"):
-            tags["tuneloop.reused_from"] = summary["reused_from"]
+        if summary.reused_from:
+            tags["tuneloop.reused_from"] = summary.reused_from
 
         def create() -> None:
             name = f"{parent.info.run_name}/{stage.name}"
@@ -144,8 +145,7 @@ class RunTracker:
             child_tracker.log_metrics(
                 {k.split("/", 2)[-1]: v for k, v in stage_metrics(summary).items() if k.startswith("stage/")}
             )
-            done = run_dir / "stages" / stage.name / "stage.json"
-            child_tracker.log_artifact(done)
+            child_tracker.log_artifact(RunDir(run_dir).stage_file(stage.name))
             store.retry(lambda: c.set_terminated(child.info.run_id, "FINISHED"))
             children[stage.name] = child.info.run_id
             record_file.write_text(json.dumps(record, indent=2) + "\n")
@@ -370,10 +370,10 @@ def cost_metrics(cost: dict[str, Any], prefix: str = "cost") -> dict[str, float]
     return out
 
 
-def stage_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    s = summary["stage"]
+def stage_metrics(summary: StageSummary) -> dict[str, float]:
+    s = summary.stage
     out = {
-        f"stage/{s}/{k}": summary.get(k)
+        f"stage/{s}/{k}": getattr(summary, k)
         for k in (
             "steps",
             "loss_first",
@@ -388,7 +388,7 @@ def stage_metrics(summary: dict[str, Any]) -> dict[str, float]:
             "world_size",
         )
     }
-    out.update(cost_metrics({s: summary.get("cost") or {}}, "cost/stage"))
+    out.update(cost_metrics({s: summary.cost or {}}, "cost/stage"))
     return out
 
 

@@ -28,6 +28,7 @@ from tuneloop.models.loading import (
     resolve,
     tiny_copy,
 )
+from tuneloop.rundir import StageSummary
 from tuneloop.train.stage import StageContext, finish, lora_config, stage_data, trl_args
 
 # forward KL on fixed data: the student covers the teacher's whole distribution at each of the data's tokens
@@ -68,7 +69,7 @@ class DatasetDistillationTrainer(DistillationTrainer):
         return ids[: self.max_completion_length] if self.max_completion_length else ids
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     recipe = ctx.recipe
     off_policy = stage.mode == "off_policy"
     tokenizer = load_tokenizer(ctx.model_source, recipe.base_model, ctx.recipe_dir)
@@ -99,7 +100,7 @@ def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
         peft_config=lora_config(stage.peft, ctx),
     )
     summary = finish(trainer, stage, ctx, data, tokenizer)
-    summary["distillation"] = {
+    summary.distillation = {
         "mode": stage.mode or "on_policy",
         "teacher": teacher_name,
         "teacher_layers": teacher.config.get_text_config().num_hidden_layers,

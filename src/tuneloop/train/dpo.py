@@ -5,14 +5,13 @@ without a second model in memory during training)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.preference import train_with
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import DPOConfig, DPOTrainer
 
     return train_with(DPOTrainer, DPOConfig, stage, ctx, reference=True)

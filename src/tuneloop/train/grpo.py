@@ -4,14 +4,13 @@ same prompt, no value model. `args.loss_type` (dapo by default in TRL 1.x, grpo,
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.online import train_online
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import GRPOConfig, GRPOTrainer
 
     return train_online(GRPOTrainer, GRPOConfig, stage, ctx)

@@ -4,14 +4,13 @@ no pairs needed. `args.desirable_weight` / `undesirable_weight` rebalance uneven
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.preference import train_with
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import KTOConfig, KTOTrainer
 
     return train_with(KTOTrainer, KTOConfig, stage, ctx, reference=True)

@@ -19,6 +19,7 @@ from transformers import TrainerCallback
 from tuneloop.config.schema import Reward, Stage
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import load_model, load_reward_model, load_tokenizer, resolve
+from tuneloop.rundir import StageSummary
 from tuneloop.train.stage import StageContext, finish, lora_config, stage_data, trl_args
 
 ZERO_STD_WARN = 0.8
@@ -49,10 +50,10 @@ class ZeroStdWatch(TrainerCallback):
             self.ctx.notes.append(note)
             self.ctx.say(f"[yellow]warning:[/] {note}")
 
-    def summary(self) -> dict[str, Any]:
-        if not self.values:
-            return {}
-        return {"zero_std_share_mean": sum(self.values) / len(self.values), "zero_std_share_last": self.values[-1]}
+    def record(self, summary: StageSummary) -> None:
+        if self.values:
+            summary.zero_std_share_mean = sum(self.values) / len(self.values)
+            summary.zero_std_share_last = self.values[-1]
 
 
 def reward_functions(stage: Stage, ctx: StageContext) -> tuple[list[Any], list[float]]:
@@ -91,7 +92,7 @@ def _reward_model(reward: Reward, ctx: StageContext) -> Any:
     return load_reward_model(source)
 
 
-def train_online(trainer_cls: type, config_cls: type, stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train_online(trainer_cls: type, config_cls: type, stage: Stage, ctx: StageContext) -> StageSummary:
     recipe = ctx.recipe
     tokenizer = load_tokenizer(ctx.model_source, recipe.base_model, ctx.recipe_dir)
     data = stage_data(stage, ctx)
@@ -114,6 +115,6 @@ def train_online(trainer_cls: type, config_cls: type, stage: Stage, ctx: StageCo
     watch = ZeroStdWatch(ctx)
     trainer.add_callback(watch)
     summary = finish(trainer, stage, ctx, data, tokenizer)
-    summary.update(watch.summary())
-    summary["rewards"] = [{"reward": r.label(), "weight": r.weight} for r in stage.rewards]
+    watch.record(summary)
+    summary.rewards = [{"reward": r.label(), "weight": r.weight} for r in stage.rewards]
     return summary

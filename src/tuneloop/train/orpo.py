@@ -5,14 +5,14 @@ with `experimental: true`."""
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.preference import train_with
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # the recipe opted in; the stage prints its own note
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 

@@ -8,6 +8,7 @@ from typing import Any
 from tuneloop.config.schema import Stage
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import load_model, load_reference, load_tokenizer
+from tuneloop.rundir import StageSummary
 from tuneloop.train.stage import StageContext, finish, lora_config, report_dropped, stage_data, trl_args
 
 
@@ -20,7 +21,7 @@ def train_with(
     reference: bool = False,
     reward_head: bool = False,
     after: Any = None,
-) -> dict[str, Any]:
+) -> StageSummary:
     """Build the trainer the common way: tokenizer, data, config, model (and reference model), then train.
 
     `reference`: the trainer takes a `ref_model`. None (the default) lets TRL use the model the stage starts
@@ -63,7 +64,7 @@ def train_with(
     if after is not None:
         after(trainer, stage, ctx, summary)
     if described:
-        summary["reference_model"] = described
+        summary.reference_model = described
     return summary
 
 

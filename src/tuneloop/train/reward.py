@@ -7,21 +7,22 @@ from __future__ import annotations
 from typing import Any
 
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.preference import train_with
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import RewardConfig, RewardTrainer
 
     return train_with(RewardTrainer, RewardConfig, stage, ctx, reward_head=True, after=report_accuracy)
 
 
-def report_accuracy(trainer: Any, stage: Stage, ctx: StageContext, summary: dict[str, Any]) -> None:
+def report_accuracy(trainer: Any, stage: Stage, ctx: StageContext, summary: StageSummary) -> None:
     if trainer.eval_dataset is None:
         return
     acc = pairwise_accuracy(trainer)
-    summary["pairwise_accuracy"] = acc
+    summary.pairwise_accuracy = acc
     ctx.say(
         f"pairwise accuracy on {acc['n']} held-out pairs: {acc['value']:.1%} "
         f"[{acc['ci_low']:.1%}, {acc['ci_high']:.1%}] (chosen scored above rejected; 50% is chance)"

@@ -3,14 +3,13 @@ of its prompt. Same rewards and data as `grpo`; `args.beta` is the KL penalty to
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneloop.config.schema import Stage
+from tuneloop.rundir import StageSummary
 from tuneloop.train.online import train_online
 from tuneloop.train.stage import StageContext
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import RLOOConfig, RLOOTrainer
 
     return train_online(RLOOTrainer, RLOOConfig, stage, ctx)

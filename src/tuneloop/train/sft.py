@@ -5,15 +5,14 @@ Order: resolve model → load data → build trainer → train → save → repo
 
 from __future__ import annotations
 
-from typing import Any
-
 from tuneloop.config.schema import Stage
 from tuneloop.eval.callback import build as generation_metrics
 from tuneloop.models.loading import load_model, load_tokenizer
+from tuneloop.rundir import StageSummary
 from tuneloop.train.stage import StageContext, finish, lora_config, report_dropped, stage_data, trl_args
 
 
-def train(stage: Stage, ctx: StageContext) -> dict[str, Any]:
+def train(stage: Stage, ctx: StageContext) -> StageSummary:
     from trl import SFTConfig, SFTTrainer
 
     recipe = ctx.recipe

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 
 from tuneloop.config.schema import Peft, Recipe, Stage
 from tuneloop.errors import TuneloopError
-from tuneloop.train import runs
+from tuneloop.rundir import RunDir, StageSummary, last_checkpoint, write_json
 from tuneloop.train.launch import Request, running, verify
 from tuneloop.train.progress import RichProgress, StepClock, console
 
@@ -42,7 +42,7 @@ class StageContext:
         self.model_name = self.model_name or self.recipe.base_model.name
 
     def stage_dir(self, stage: Stage) -> Path:
-        return self.run_dir / "stages" / stage.name
+        return RunDir(self.run_dir).stage_dir(stage.name)
 
     def say(self, message: str) -> None:
         if self.is_main:
@@ -192,7 +192,7 @@ def finish(
     tokenizer: Any,
     callbacks: list[Any] | None = None,
     generates: bool = True,
-) -> dict[str, Any]:
+) -> StageSummary:
     """Train and save (`fit`), then record how the model must be evaluated and where its data came from.
     `generates=False` (reward models) writes no generation record: such a model scores, it does not answer."""
     from tuneloop.data.sources import effective_format
@@ -203,36 +203,24 @@ def finish(
     if ctx.is_main and generates:
         fmt = effective_format(ctx.recipe.stage_data(stage))
         record = training_record(tokenizer, fmt, ctx.recipe.base_model.name, ctx.recipe.name, stage.name)
-        runs.write_json(Path(summary["model_dir"]) / TRAINING_RECORD, record)
-    summary["data_fingerprints"] = data.fingerprints
+        write_json(Path(summary.model_dir) / TRAINING_RECORD, record)
+    summary.data_fingerprints = data.fingerprints
     if data.prepare:
-        summary["data_prepare"] = data.prepare
-    summary["parameters"] = {"total": total, "trainable": trainable}
+        summary.data_prepare = data.prepare
+    summary.parameters = {"total": total, "trainable": trainable}
     return summary
 
 
-def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | None = None) -> StageSummary:
     """Evaluate, train (resuming from the newest complete checkpoint if asked), evaluate, save, summarise."""
     from accelerate.utils import gather_object
-    from transformers import PrinterCallback
 
     from tuneloop.models.loading import memory_footprint
-    from tuneloop.train.launch import requested
 
     callbacks = [*(callbacks or []), *(ctx.callbacks(stage) if ctx.callbacks else [])]
+    mode, clock = _add_callbacks(trainer, stage, ctx, callbacks)
     stage_dir = ctx.stage_dir(stage)
-    mode = ModeCheck(trainer, requested())  # first: nothing else runs before the engine is known to be right
-    trainer.add_callback(mode)
-    trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
-    trainer.add_callback(RichProgress(stage.name))
-    clock = StepClock()
-    trainer.add_callback(clock)
-    for callback in callbacks or []:  # after the clock: their pauses are not training time
-        trainer.add_callback(callback)
-    curves = ctx.tracker.callback(stage.name) if ctx.tracker is not None else None
-    if curves is not None:
-        trainer.add_callback(curves)
-    checkpoint = runs.last_checkpoint(stage_dir) if ctx.resume else None
+    checkpoint = last_checkpoint(stage_dir) if ctx.resume else None
     has_eval = trainer.eval_dataset is not None
     # The "before" evaluation must run inside train(): calling trainer.evaluate() first marks the model as
     # prepared, and train() then skips the DDP wrapper, so ranks silently stop synchronising gradients
@@ -242,20 +230,71 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
         ctx.say(f"evaluating {stage.name} before training on {len(trainer.eval_dataset)} rows")
     if checkpoint is not None:
         ctx.say(f"Checkpoint detected, resuming training at {checkpoint}")
-    start_step, start_tokens = _checkpoint_progress(checkpoint)  # before train(): rotation may delete it
+    start = _checkpoint_progress(checkpoint)  # before train(): rotation may delete it
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_wall = time.perf_counter() - started
     eval_after = trainer.evaluate().get("eval_loss") if has_eval else None
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
-    eval_before = evals[0] if evals and has_eval else None
     model_dir = stage_dir / "model"
     trainer.save_model(str(model_dir))
     checksums = gather_object([weights_checksum(trainer.model)])
-    state = trainer.state
-    losses = [e["loss"] for e in state.log_history if "loss" in e]
-    # Throughput covers this process's training only: a resumed run started at the checkpoint's token count,
-    # and train_runtime includes evaluations run inside train() (eval_on_start, eval_strategy).
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    tokens, runtime = _throughput(trainer.state, result, train_wall, start, checkpoint is not None, callbacks)
+    summary = StageSummary(
+        stage=stage.name,
+        method=stage.method,
+        steps=trainer.state.global_step,
+        resumed_from=str(checkpoint) if checkpoint else None,
+        loss_first=losses[0] if losses else None,
+        loss_last=losses[-1] if losses else None,
+        eval_loss_before=evals[0] if evals and has_eval else None,
+        eval_loss_after=eval_after,
+        train_tokens=tokens,
+        train_runtime_s=runtime,
+        tokens_per_s=tokens / runtime if runtime else None,
+        tokens_per_s_after_first_step=clock.steady_tokens_per_s(),
+        world_size=trainer.args.world_size,
+        distributed=mode.mode,
+        model_memory_bytes=memory_footprint(trainer.model),
+        rank_weight_checksums=checksums,
+        ranks_in_sync=None if None in checksums else len(set(checksums)) == 1,
+        model_dir=str(model_dir),
+        notes=ctx.notes,
+    )
+    if summary.ranks_in_sync is False:
+        raise RuntimeError(f"ranks ended with different weights ({checksums}); distributed training is broken")
+    return summary
+
+
+def _add_callbacks(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any]) -> tuple[ModeCheck, StepClock]:
+    """The mode check first (nothing else runs before the engine is known to be right), progress, the step clock,
+    the caller's callbacks after the clock (their pauses are not training time), then the tracker's curves."""
+    from transformers import PrinterCallback
+
+    from tuneloop.train.launch import requested
+
+    mode = ModeCheck(trainer, requested())
+    trainer.add_callback(mode)
+    trainer.remove_callback(PrinterCallback)  # RichProgress reports instead of raw dicts
+    trainer.add_callback(RichProgress(stage.name))
+    clock = StepClock()
+    trainer.add_callback(clock)
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    curves = ctx.tracker.callback(stage.name) if ctx.tracker is not None else None
+    if curves is not None:
+        trainer.add_callback(curves)
+    return mode, clock
+
+
+def _throughput(
+    state: Any, result: Any, train_wall: float, start: tuple[int, int], resumed: bool, callbacks: list[Any]
+) -> tuple[int, float]:
+    """(tokens, seconds) of this process's training only: a resumed run started at the checkpoint's token count,
+    and train_runtime includes evaluations run inside train() (eval_on_start, eval_strategy) and callbacks'
+    pauses (a sweep's intermediate evaluations)."""
+    start_step, start_tokens = start
     tokens = int(getattr(state, "num_input_tokens_seen", 0) or 0) - start_tokens
     if tokens <= 0:  # GRPO/RLOO: prompt + completion tokens, as TRL counts them in its logs
         counted = [e["num_tokens"] for e in state.log_history if "num_tokens" in e and e["step"] > start_step]
@@ -264,34 +303,10 @@ def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | No
     in_train_eval = sum(
         e.get("eval_runtime", 0.0)
         for e in state.log_history[:end]
-        if "eval_loss" in e and (e["step"] > start_step or checkpoint is None)
+        if "eval_loss" in e and (e["step"] > start_step or not resumed)
     )
-    in_train_eval += sum(getattr(cb, "pause_s", 0.0) for cb in callbacks or [])
-    runtime = max(result.metrics.get("train_runtime", train_wall) - in_train_eval, 1e-9)
-    summary = {
-        "stage": stage.name,
-        "method": stage.method,
-        "steps": state.global_step,
-        "resumed_from": str(checkpoint) if checkpoint else None,
-        "loss_first": losses[0] if losses else None,
-        "loss_last": losses[-1] if losses else None,
-        "eval_loss_before": eval_before,
-        "eval_loss_after": eval_after,
-        "train_tokens": tokens,
-        "train_runtime_s": runtime,
-        "tokens_per_s": tokens / runtime if runtime else None,
-        "tokens_per_s_after_first_step": clock.steady_tokens_per_s(),
-        "world_size": trainer.args.world_size,
-        "distributed": mode.mode,
-        "model_memory_bytes": memory_footprint(trainer.model),
-        "rank_weight_checksums": checksums,
-        "ranks_in_sync": None if None in checksums else len(set(checksums)) == 1,
-        "model_dir": str(model_dir),
-        "notes": ctx.notes,
-    }
-    if summary["ranks_in_sync"] is False:
-        raise RuntimeError(f"ranks ended with different weights ({checksums}); distributed training is broken")
-    return summary
+    in_train_eval += sum(getattr(cb, "pause_s", 0.0) for cb in callbacks)
+    return tokens, max(result.metrics.get("train_runtime", train_wall) - in_train_eval, 1e-9)
 
 
 class ModeCheck(TrainerCallback):
