@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config.yamlsource import parse
 from tuneloop.errors import TuneloopError
 
 DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "configs" / "cost" / "prices.yaml"
@@ -33,7 +34,6 @@ class Price:
 @cache
 def load_prices(path: str | None = None) -> dict[str, Any]:
     """The price table (configs/cost/prices.yaml unless a recipe names another)."""
-    from tuneloop.config.yamlsource import parse
 
     file = Path(path) if path else DEFAULT_PRICES
     if not file.is_file():

@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.cost import total
+from tuneloop.data.sources import split_source
 from tuneloop.errors import RunStopped
+from tuneloop.eval.runner import ModelSpec
+from tuneloop.eval.suite import from_recipe, run_suite
+from tuneloop.models.registered import registered_from
+from tuneloop.registry import register
+from tuneloop.registry.promotion import promote, remember_result
 from tuneloop.rundir import RunDir, RunSummary, StageSummary
 from tuneloop.tracking import RunTracker, cost_metrics, evaluation_metrics
 from tuneloop.train import Trained, train_recipe
@@ -133,9 +139,7 @@ def _after_training(
         tracker.log_metrics(cost_metrics(result.cost))
         _log_eval_inputs(tracker, recipe, recipe_path, result.evaluation)
     if recipe.registry is not None:
-        from tuneloop.registry.register import register_run
-
-        result.registration = register_run(run.path, recipe, tracker, smoke=smoke, say=say)
+        result.registration = register.register_run(run.path, recipe, tracker, smoke=smoke, say=say)
         if recipe.registry.promote == "auto":
             result.promotion = _auto_promote(recipe, recipe_path, result, smoke, say)
     result.summary.finished = True
@@ -145,7 +149,6 @@ def _after_training(
 
 def _log_eval_inputs(tracker: Any, recipe: Recipe, recipe_path: Path, results: dict[str, Any]) -> None:
     """The rows each evaluation task scored, as dataset inputs (digest = fingerprint of the formatted rows)."""
-    from tuneloop.data.sources import split_source
 
     entry = (results.get("models") or [{}])[-1]
     by_name = {t.name: t for t in recipe.evaluation.tasks} if recipe.evaluation else {}
@@ -161,8 +164,6 @@ def _log_eval_inputs(tracker: Any, recipe: Recipe, recipe_path: Path, results: d
 
 def _auto_promote(recipe: Recipe, recipe_path: Path, result: RunResult, smoke: bool, say: Callable) -> Any:
     """Champion if the run passed its own gate and (when there is a champion) the gate against it."""
-    from tuneloop.eval.suite import from_recipe
-    from tuneloop.registry.promotion import promote
 
     reg = result.registration
     assert reg is not None
@@ -196,8 +197,6 @@ def evaluate_run(
     recipe: Recipe, recipe_path: Path, result: RunResult, *, smoke: bool, resume: bool, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Baseline and trained model on the recipe's suite, written to <run>/eval (kept on --resume)."""
-    from tuneloop.eval.runner import ModelSpec
-    from tuneloop.eval.suite import from_recipe, run_suite
 
     ev = recipe.evaluation
     assert ev is not None
@@ -223,8 +222,6 @@ def evaluate_run(
 def _remember_registered(results: dict[str, Any], out_dir: Path, suite: Any) -> None:
     """A baseline that is a registered version (`models:/NAME@champion`) is cached as that version's evaluation,
     so promoting against it does not evaluate it again. Never fails the run: the cache only saves time."""
-    from tuneloop.models.registered import registered_from
-    from tuneloop.registry.promotion import remember_result
 
     for entry in results.get("models", [])[:-1]:  # the last one is the model this run trained
         found = registered_from(entry["path"]) if entry.get("path") else None

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config.schema import NAME_PATTERN, Data, Section
+from tuneloop.config.trainer_fields import closest
 
 KINDS = ("generation", "classification", "perplexity", "preference")
 GENERATION_METRICS = (
@@ -112,8 +113,6 @@ class EvalTask(Section):
         known = set(GENERATION_METRICS + CLASSIFICATION_METRICS + ("perplexity", "preference_accuracy"))
         bad = [m for m in metrics if m not in known and not m.startswith("evaluate:")]
         if bad:
-            from tuneloop.config.trainer_fields import closest
-
             hints = [f"{b!r}" + (f" (did you mean {h}?)" if (h := closest(b, sorted(known))) else "") for b in bad]
             raise ValueError(
                 f"unknown metric {', '.join(hints)}; built-in metrics: {', '.join(sorted(known))}, "

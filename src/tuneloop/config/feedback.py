@@ -11,6 +11,7 @@ from tuneloop.config.errors import AtKey
 from tuneloop.config.evaluation import Generation
 from tuneloop.config.prepare import Dedup, Step
 from tuneloop.config.schema import NAME_PATTERN, Data, Section
+from tuneloop.config.when import parse_when
 
 
 class Answerer(Section):
@@ -60,8 +61,6 @@ class Requests(Section):
     @classmethod
     def _when(cls, value: str | None) -> str | None:
         if value is not None:
-            from tuneloop.config.when import parse_when
-
             parse_when(value)  # ValueError says which forms work
         return value
 

@@ -118,7 +118,6 @@ def load_validated(path: Path, model: type[BaseModel], what: str, check: Check |
 def file_kind(path: Path) -> str:
     """Suite files (configs/eval/) have `tasks` and no `stages`; sweep files (configs/sweeps/) name a `recipe` and
     have `objectives`, and a recipe with a `sweep:` section is checked as a sweep too; the rest are recipes."""
-    from tuneloop.config.yamlsource import parse
 
     try:
         raw = parse(path.read_text())

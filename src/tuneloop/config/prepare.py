@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from tuneloop.config.schema import Section
+from tuneloop.config.schema import Data, Section
 
 if TYPE_CHECKING:
     from tuneloop.config.schema import Recipe
@@ -116,7 +116,6 @@ class Against(Section):
     @field_validator("data")
     @classmethod
     def _data(cls, value: Any) -> Any:
-        from tuneloop.config.schema import Data
 
         return value if value is None or isinstance(value, Data) else Data.model_validate(value)
 

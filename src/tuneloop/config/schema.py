@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from tuneloop.config.errors import AtKey
+from tuneloop.config.trainer_fields import EXPERIMENTAL, REMOVED, closest, methods
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
 
@@ -217,15 +218,10 @@ class Reward(Section):
         given = [k for k in ("builtin", "function", "model") if getattr(self, k)]
         if len(given) != 1:
             raise ValueError("give exactly one of `builtin`, `function` or `model`")
-        if self.builtin:
-            from tuneloop.config.trainer_fields import closest
-
-            if self.builtin not in BUILTIN_REWARDS:
-                hint = closest(self.builtin, list(BUILTIN_REWARDS))
-                did = f"did you mean {hint}? " if hint else ""
-                raise ValueError(
-                    f"unknown built-in reward {self.builtin!r}; {did}built-ins: {', '.join(BUILTIN_REWARDS)}"
-                )
+        if self.builtin and self.builtin not in BUILTIN_REWARDS:
+            hint = closest(self.builtin, list(BUILTIN_REWARDS))
+            did = f"did you mean {hint}? " if hint else ""
+            raise ValueError(f"unknown built-in reward {self.builtin!r}; {did}built-ins: {', '.join(BUILTIN_REWARDS)}")
         return self
 
     def label(self) -> str:
@@ -331,7 +327,6 @@ class Stage(Section):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from tuneloop.config.trainer_fields import REMOVED, closest, methods
 
         if value in REMOVED:
             raise ValueError(f"method {value!r}: {REMOVED[value]}")
@@ -345,7 +340,6 @@ class Stage(Section):
     @field_validator("experimental")
     @classmethod
     def _experimental_fits(cls, value: bool, info: ValidationInfo) -> bool:
-        from tuneloop.config.trainer_fields import EXPERIMENTAL
 
         method = info.data.get("method")
         if method in EXPERIMENTAL and not value:

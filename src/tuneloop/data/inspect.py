@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.schema import Data
+from tuneloop.config.templates import template_fields
 from tuneloop.data import dedup as dd
-from tuneloop.data.prepare import detect_languages, example_tokens, texts_of
-from tuneloop.data.sources import effective_format, to_trl
+from tuneloop.data.prepare import detect_languages, example_tokens, load_tokenizer_for, texts_of
+from tuneloop.data.sources import effective_format, source_kind, text_columns, to_trl
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -49,7 +50,6 @@ class Target:
 
 
 def inspect(target: Target, splits: dict[str, Dataset], say: Callable[[str], None] = print) -> dict[str, Any]:
-    from tuneloop.data.prepare import load_tokenizer_for
 
     tokenizer = load_tokenizer_for(target.tokenizer, target.base_dir) if target.tokenizer else None
     fmt = effective_format(target.data)
@@ -96,14 +96,12 @@ def _languages(texts: list[str]) -> tuple[dict[str, int], int]:
 
 
 def _text_columns(data: Data, ds: Dataset) -> list[str]:
-    from tuneloop.data.sources import text_columns
 
     return text_columns(data, ds.column_names)
 
 
 def _builtin_target(data: Data) -> str | None:
     from tuneloop.data import builtin
-    from tuneloop.data.sources import source_kind
 
     if source_kind(data.source, Path()) != "builtin" or not data.task:
         return None
@@ -187,7 +185,6 @@ def _overlap(texts: list[str], train: list[str], target: Target) -> dict[str, An
 
 def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
     """Empty or missing fields the format reads, empty completions, chat turns out of order; 1-based rows."""
-    from tuneloop.config.templates import template_fields
 
     found: dict[str, list[int]] = {}
 

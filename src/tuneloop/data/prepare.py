@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.prepare import Decontaminate, Dedup, Filter, Mix, Sample, Split
-from tuneloop.config.schema import Data
+from tuneloop.config.schema import Data, ModelRef
 from tuneloop.data import dedup as dd
-from tuneloop.data.sources import raw_splits, row_text, source_fingerprint, text_columns
+from tuneloop.data.sources import effective_format, raw_splits, row_text, source_fingerprint, text_columns, to_trl
 from tuneloop.errors import TuneloopError
+from tuneloop.models.loading import load_tokenizer, resolve
+from tuneloop.workspace import home
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -45,7 +47,6 @@ class Prepared:
 
 
 def cache_root() -> Path:
-    from tuneloop.workspace import home
 
     return home() / "cache" / "data"
 
@@ -251,7 +252,6 @@ def detect_languages(texts: list[str]) -> list[str | None]:
 
 def token_lengths(ds: Dataset, spec: Data, tokenizer: Any) -> list[int]:
     """Tokens of each whole example as the trainer sees it (the chat template applied), in parallel for big sets."""
-    from tuneloop.data.sources import effective_format, to_trl
 
     formatted = to_trl(ds, effective_format(spec))
 
@@ -294,8 +294,6 @@ def _without_pair(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_tokenizer_for(name: str, base_dir: Path) -> Any:
-    from tuneloop.config.schema import ModelRef
-    from tuneloop.models.loading import load_tokenizer, resolve
 
     ref = ModelRef(name=name)
     return load_tokenizer(resolve(ref, base_dir, log=lambda _m: None), ref, base_dir)

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneloop.data.prepare import describe
 from tuneloop.plots import PALETTE, plot_style, svg
 
 
@@ -196,8 +197,6 @@ white-space:pre-wrap;max-width:560px}td.l{text-align:left}h2{margin-top:1.6em;bo
 def render_html(report: dict[str, Any]) -> str:
     import jinja2
     from markupsafe import Markup
-
-    from tuneloop.data.prepare import describe
 
     splits = report["splits"]
     labels = {n: s["labels"]["counts"] for n, s in splits.items() if s.get("labels")}

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneloop.config.schema import Recipe
+from tuneloop.eval.backends import TransformersBackend
 from tuneloop.eval.tasks import TaskRows, load_task
 
 
@@ -46,7 +47,6 @@ class GenerationMetrics(TrainerCallback):
 
     def _generate(self, model, alone: bool = False) -> None:
         from tuneloop.eval import metrics as M
-        from tuneloop.eval.backends import TransformersBackend
 
         was_training = model.training
         cache = model.config.use_cache

@@ -24,6 +24,7 @@ import numpy as np
 from tuneloop.errors import TuneloopError
 from tuneloop.eval.bootstrap import ScoreFn, bootstrap_ci, ovr_auc, point_score, prf_from_confusion, takes_counts
 from tuneloop.eval.bootstrap import paired_bootstrap as paired_bootstrap  # re-exported: comparisons go by metric name
+from tuneloop.rewards import follows_synopsis_rules
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 GENERATION_METRICS = [
@@ -294,8 +295,6 @@ def generation_metrics(
     if "similarity" in names:
         out["similarity"] = _mean_metric("similarity", _similarity(predictions, references, embedder), **kw)
     if "synopsis_rules" in names:
-        from tuneloop.rewards import follows_synopsis_rules
-
         packages = (columns or {}).get("package") or [None] * len(predictions)
         ok = [100.0 * follows_synopsis_rules(p, pkg) for p, pkg in zip(predictions, packages, strict=True)]
         out["synopsis_rules"] = _mean_metric("synopsis_rules", ok, **kw)

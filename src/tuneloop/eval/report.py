@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tuneloop.cost import describe
 from tuneloop.plots import PALETTE, plot_style, svg
 
 # Okabe-Ito: stays distinguishable under the common colour-vision deficiencies
@@ -140,7 +141,6 @@ def _clip(text: Any, limit: int) -> str:
 
 
 def _models_table(results: dict) -> _Table:
-    from tuneloop.cost import describe
 
     rows = [
         [

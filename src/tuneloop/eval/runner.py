@@ -17,12 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.config.schema import ModelRef
 from tuneloop.cost import Price, account, safetensors_params
 from tuneloop.errors import TuneloopError
 from tuneloop.eval import metrics as M
-from tuneloop.eval.backends import Throughput
+from tuneloop.eval.backends import EndpointBackend, Throughput, TransformersBackend, VllmBackend
 from tuneloop.eval.bootstrap import paired_bootstrap
+from tuneloop.eval.report import write_reports
 from tuneloop.eval.tasks import TaskRows, parse_label
+from tuneloop.models import references as evmodels
+from tuneloop.models.loading import load_reward_model, resolve
 from tuneloop.rundir import RESULTS
 
 FORMAT = "tuneloop-eval/1"
@@ -55,7 +59,6 @@ def evaluate_model(
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
     price: Price | None = None,
 ) -> ModelRun:
-    from tuneloop.models import references as evmodels
 
     started = time.perf_counter()
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
@@ -98,8 +101,6 @@ def evaluate_model(
 def open_engine(spec: ModelSpec, backend: str, base_dir: Path, say: Callable[[str], None]) -> tuple[Any, Any, dict]:
     """The generation engine for one model (an endpoint, vLLM, or transformers), the resolved checkpoint (None
     for an endpoint), and what identifies it: parameters, weights hash, training record, engine description."""
-    from tuneloop.eval.backends import EndpointBackend, TransformersBackend, VllmBackend
-    from tuneloop.models import references as evmodels
 
     info: dict[str, Any] = {}
     if spec.endpoint:
@@ -228,9 +229,6 @@ def _reward_model(ref: str, base_dir: Path, say: Callable[[str], None]) -> tuple
     """Loaded once per evaluation: every model of a comparison is scored by the same reward model."""
     from transformers import AutoTokenizer
 
-    from tuneloop.config.schema import ModelRef
-    from tuneloop.models.loading import load_reward_model, resolve
-
     source = resolve(ModelRef(name=ref), base_dir, log=say)
     say(f"reward model: {ref}")
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -331,7 +329,6 @@ def write_results(
     out_dir: Path, suite: dict[str, Any], runs: list[ModelRun], comparisons: list[dict], gate: dict | None
 ) -> dict[str, Any]:
     """results.json (numbers, CIs, signatures, fingerprints), examples-<label>.jsonl, stats-<label>.npz, reports."""
-    from tuneloop.eval.report import write_reports
 
     out_dir.mkdir(parents=True, exist_ok=True)
     models = []

@@ -15,11 +15,16 @@ from typing import Any
 
 from tuneloop.config.evaluation import EvalTask, GateRule
 from tuneloop.config.lifecycle import Cost
+from tuneloop.config.loader import find_suite
 from tuneloop.config.schema import Data
+from tuneloop.config.yamlsource import load_located
 from tuneloop.cost import recipe_price
 from tuneloop.errors import TuneloopError, UsageError
+from tuneloop.eval.gate import apply_gate
 from tuneloop.eval.runner import ModelSpec, compare, evaluate_model, write_results
 from tuneloop.eval.tasks import load_task
+from tuneloop.models.loading import quiet_libraries
+from tuneloop.recipes import load_recipe, load_suite
 
 
 @dataclass
@@ -74,9 +79,6 @@ def from_recipe(recipe: Any, recipe_path: Path, *, smoke: bool = False, base_dir
 
 def load(entry: str, near: Path | None = None) -> Suite:
     """A suite file (path or name under configs/eval/) or a recipe with an `evaluation:` section."""
-    from tuneloop.config.loader import find_suite
-    from tuneloop.config.yamlsource import load_located
-    from tuneloop.recipes import load_recipe, load_suite
 
     path = find_suite(entry, near or Path.cwd())
     if path is None:
@@ -99,8 +101,6 @@ def run_suite(
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Evaluate each model on every task, compare later models with the first, gate the last, write reports."""
-    from tuneloop.eval.gate import apply_gate
-    from tuneloop.models.loading import quiet_libraries
 
     quiet_libraries()
     price = recipe_price(suite.cost or Cost(), suite.base_dir)

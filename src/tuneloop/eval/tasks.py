@@ -14,6 +14,7 @@ from tuneloop.data import builtin
 from tuneloop.data.sources import effective_format, load_data, source_kind
 from tuneloop.errors import TuneloopError
 from tuneloop.eval.backends import Prompt
+from tuneloop.eval.metrics import METRIC_COLUMNS
 
 
 @dataclass
@@ -38,7 +39,6 @@ def load_task(task: EvalTask, default_data: Data | None, base_dir: Path, smoke: 
         builtin_task = builtin.task(str(data.source), data.task)
     kind = task.resolved_kind(builtin_task.kind if builtin_task else None)
     spec = data.model_copy(update={"train_split": task.split, "eval_split": None, "max_train_rows": None})
-    from tuneloop.eval.metrics import METRIC_COLUMNS
 
     metrics = task.resolved_metrics(kind)
     extra = sorted({c for m in metrics for c in METRIC_COLUMNS.get(m, [])})

@@ -11,8 +11,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config.evaluation import EvalTask
 from tuneloop.config.feedback import Campaign
+from tuneloop.data.prepare import prepare_rows
+from tuneloop.data.sources import fingerprint, row_text
+from tuneloop.errors import TuneloopError
+from tuneloop.eval.runner import ModelSpec, open_engine
+from tuneloop.eval.tasks import load_task
 from tuneloop.feedback import stats, store
+from tuneloop.serve import traffic
 
 GOLD_REFERENCE = "gold:reference"
 GOLD_DECOY = "gold:decoy"
@@ -29,7 +36,6 @@ def guidelines_text(campaign: Campaign, base_dir: Path) -> str:
 def create(campaign: Campaign, path: Path, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Generate every model's answer to every prompt (batched, through the evaluation backends, so raters never
     wait on a model), add gold items, and store it all in one transaction."""
-    from tuneloop.eval.runner import ModelSpec, open_engine
 
     base_dir = path.parent
     guidelines = guidelines_text(campaign, base_dir)
@@ -90,8 +96,6 @@ Prompts = tuple[list[Any], list[str | None], list[dict[str, Any]], list[Any]]
 
 
 def _dataset_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], None]) -> Prompts:
-    from tuneloop.config.evaluation import EvalTask
-    from tuneloop.eval.tasks import load_task
 
     assert campaign.data is not None
     task = EvalTask(name="prompts", data=campaign.data, split=campaign.split, max_rows=campaign.max_items)
@@ -118,10 +122,6 @@ def _traffic_prompts(campaign: Campaign, base_dir: Path, say: Callable[[str], No
     from datasets import Dataset
 
     from tuneloop import db
-    from tuneloop.data.prepare import prepare_rows
-    from tuneloop.data.sources import fingerprint, row_text
-    from tuneloop.errors import TuneloopError
-    from tuneloop.serve import traffic
 
     req = campaign.requests
     assert req is not None

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from tuneloop.data.sources import fingerprint
 from tuneloop.errors import TuneloopError
 from tuneloop.feedback import campaigns, store
 
@@ -181,8 +182,6 @@ def _write(
     rows: list[dict], out: Path, name: str, fmt: str, rules: dict, excluded: list[str], n_votes: int
 ) -> dict[str, Any]:
     from datasets import Dataset
-
-    from tuneloop.data.sources import fingerprint
 
     out.mkdir(parents=True, exist_ok=True)
     ds = Dataset.from_list(rows)

@@ -19,6 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneloop.data import builtin
+from tuneloop.rewards import follows_synopsis_rules
+
 DONE = "Nothing left"
 
 
@@ -53,8 +56,6 @@ def judge(answer: str, reference: str | None, package: str | None = None) -> flo
     """The `rules` preference as a score: 1 for following Debian's synopsis rules, plus ROUGE-L F (0–1) against
     the reference when there is one. Rules first: a compliant answer beats a closer one that breaks them."""
     from rouge_score import rouge_scorer
-
-    from tuneloop.rewards import follows_synopsis_rules
 
     score = float(follows_synopsis_rules(answer, package))
     if reference:
@@ -92,8 +93,6 @@ def debian_rows() -> dict[str, dict[str, str]]:
     prompt is the description itself, so a rater who reads the prompt knows the package whose name the synopsis
     must not repeat."""
     import json
-
-    from tuneloop.data import builtin
 
     found: dict[str, dict[str, str]] = {}
     for split in builtin.info("debian-descriptions")["splits"]:

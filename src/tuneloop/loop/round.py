@@ -26,7 +26,9 @@ from tuneloop.config.loop import Loop
 from tuneloop.config.schema import Recipe
 from tuneloop.config.sweep import duration_s
 from tuneloop.errors import TuneloopError
+from tuneloop.feedback import store as feedback
 from tuneloop.loop import store
+from tuneloop.recipes import load_recipe
 from tuneloop.rundir import RunDir
 
 
@@ -147,7 +149,6 @@ def campaign_name(loop: Loop, number: int) -> str:
 
 def _campaign(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], **kw: Any) -> dict[str, Any]:
     from tuneloop.feedback import campaigns
-    from tuneloop.feedback import store as feedback
 
     say = kw["say"]
     name = campaign_name(loop, rnd["number"])
@@ -171,7 +172,6 @@ def _campaign(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any]
 def usable_votes(campaign: str) -> int:
     """Votes that export would use: not on gold items, not by raters flagged on gold items."""
     from tuneloop.feedback import campaigns
-    from tuneloop.feedback import store as feedback
 
     flagged = {r for r, f in campaigns.flagged(campaign).items() if f["flagged"]}
     return sum(1 for v in feedback.all_votes(campaign) if not v["gold"] and v["rater"] not in flagged)
@@ -283,7 +283,6 @@ def round_overrides(
     champion on the exported rows, judged against the champion by the recipe's evaluation and gate, registered
     under the same name. Overrides rather than a new file, so that launched training processes resolve the same
     recipe (relative paths included) as the round."""
-    from tuneloop.recipes import load_recipe
 
     champion = f"models:/{model}@champion"
     exported = {"source": str(data_dir), "eval_split": None}
@@ -316,7 +315,6 @@ def _train(recipe: Recipe, recipe_path: Path, loop: Loop, rnd: dict[str, Any], *
     state = rnd["state"]
     model = rnd["model"]
     held = Path(state["held_out_dir"]) if state.get("held_out_dir") else None
-    from tuneloop.recipes import load_recipe
 
     sets = round_overrides(recipe_path, loop, model, Path(state["data_dir"]), kw["overrides"], held)
     trained = load_recipe(recipe_path, sets)

@@ -16,8 +16,12 @@ from tuneloop import workspace
 from tuneloop.config.monitor import Monitor
 from tuneloop.config.schema import Recipe
 from tuneloop.config.sweep import duration_s
+from tuneloop.config.when import parse_when
+from tuneloop.feedback.store import assignments, responses, votes
 from tuneloop.monitor import drift as D
 from tuneloop.monitor import store
+from tuneloop.monitor.report import write_report
+from tuneloop.serve.traffic import feedback_counts
 
 
 def monitor_name(recipe: Recipe) -> str:
@@ -87,7 +91,6 @@ def run_check(
     decision, held_until = _decide(monitor, name, reasons, report, now)
     report.update(decision=decision, reasons=reasons, held_until=held_until)
     out = workspace.home() / "monitor" / name / now.strftime("%Y%m%dT%H%M%S")
-    from tuneloop.monitor.report import write_report
 
     report["path"] = str(out)
     write_report(report, out, store.history(name, limit=200))
@@ -116,9 +119,6 @@ def _triggers(
         if votes >= t.new_votes:
             reasons.append(f"new votes: {votes} since the last round (at least {t.new_votes})")
     if t.thumbs_down is not None:
-        from tuneloop.config.when import parse_when
-        from tuneloop.serve.traffic import feedback_counts
-
         counts = feedback_counts(monitor.window.model, parse_when(monitor.window.since, now))
         rated = counts["up"] + counts["down"]
         share = counts["down"] / rated if rated else None
@@ -155,7 +155,6 @@ def new_votes(model: str, served: str | None, since: datetime | None) -> int:
     from sqlalchemy import func, or_, select
 
     from tuneloop import db
-    from tuneloop.feedback.store import assignments, responses, votes
 
     about = [responses.c.model_ref.like(f"models:/{model}/%"), responses.c.model_ref.like(f"models:/{model}@%")]
     if served:

@@ -19,6 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.data.prepare import detect_languages
+from tuneloop.eval.metrics import embedder
+
 REFUSAL = re.compile(
     r"^\s*(i'?m sorry|sorry,|i am sorry|i can(?:no|')t|i cannot|i am unable|i'?m unable|i won'?t|as an ai\b|"
     r"i'?m not able|i am not able|unfortunately,? i)",
@@ -48,7 +51,6 @@ def last_user_turn(prompt: Any) -> str:
 
 
 def embed(texts: list[str], model: Any = None) -> np.ndarray:
-    from tuneloop.eval.metrics import embedder
 
     model = model if model is not None else embedder()
     emb = model.encode(texts, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False, batch_size=64)
@@ -113,7 +115,6 @@ def _rate_test(ref_hits: int, ref_n: int, win_hits: int, win_n: int) -> float:
 
 def _languages(side: Texts, seed: int) -> Counter:
     """Language counts of (a sample of) the prompts; `meta["languages"]` holds them when already detected."""
-    from tuneloop.data.prepare import detect_languages
 
     if "languages" in side.meta:
         return Counter(lang or "unknown" for lang in side.meta["languages"])

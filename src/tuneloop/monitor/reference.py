@@ -14,13 +14,17 @@ import numpy as np
 from tuneloop import workspace
 from tuneloop.config.monitor import Monitor
 from tuneloop.config.schema import Recipe
+from tuneloop.data.sources import load_data
 from tuneloop.errors import TuneloopError
+from tuneloop.models.registered import get_version
 from tuneloop.monitor.drift import Texts, embed, last_user_turn
+from tuneloop.recipes import load_recipe
+from tuneloop.registry.promotion import _version_file
+from tuneloop.serve import traffic
 
 
 def window(monitor: Monitor) -> Texts:
     """The newest `max_requests` successful requests of the window, with their answers."""
-    from tuneloop.serve import traffic
 
     logged, skipped = traffic.read(model=monitor.window.model, since=monitor.window.since)
     logged = logged[-monitor.window.max_requests :]
@@ -39,8 +43,6 @@ def reference(recipe: Recipe, recipe_path: Path, monitor: Monitor, say: Callable
     from (shown in the report)."""
     ref = monitor.reference
     if ref.from_ == "traffic":
-        from tuneloop.serve import traffic
-
         logged, _ = traffic.read(model=monitor.window.model, since=ref.since, until=ref.until)
         texts = Texts([last_user_turn(r.prompt) for r in logged], [r.output for r in logged])
         texts.meta["what"] = f"served traffic from {ref.since} to {ref.until or 'now'}"
@@ -68,9 +70,6 @@ def _registered_name(recipe: Recipe) -> str:
 
 
 def _champion_recipe(name: str) -> tuple[Recipe, Path, str]:
-    from tuneloop.models.registered import get_version
-    from tuneloop.recipes import load_recipe
-    from tuneloop.registry.promotion import _version_file
 
     try:
         mv = get_version(f"models:/{name}@champion")
@@ -89,7 +88,6 @@ def _champion_recipe(name: str) -> tuple[Recipe, Path, str]:
 
 def _training_texts(recipe: Recipe, base_dir: Path, say: Callable[[str], None]) -> Texts:
     """Prompts and answers of the first stage's training split, as the trainer saw them (formatted, capped)."""
-    from tuneloop.data.sources import load_data
 
     stage = recipe.stages[0]
     data = load_data(recipe.stage_data(stage), base_dir, method=stage.method, say=say).train

@@ -9,8 +9,14 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
+from tuneloop.config.evaluation import METRICS, EvalTask
 from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe
 from tuneloop.config.templates import template_fields
+from tuneloop.cost import load_prices
+from tuneloop.data.sources import columns_for_check, effective_format, local_splits, source_kind
+from tuneloop.errors import TuneloopError
+from tuneloop.models.builtin import BUILTIN_MODELS
+from tuneloop.models.uri import parse_model_uri
 from tuneloop.recipes.data_checks import Found, check_data, module_problems
 
 
@@ -46,8 +52,6 @@ def _check_registry(recipe: Recipe) -> Found:
 
 
 def _check_cost(recipe: Recipe, base_dir: Path) -> Found:
-    from tuneloop.cost import load_prices
-    from tuneloop.errors import TuneloopError
 
     cost = recipe.cost
     prices = cost.prices
@@ -104,14 +108,12 @@ def _check_gate_metrics(recipe: Recipe, rules: list, loc: tuple) -> Found:
 
 def _task_kind(task, default_data: Data | None) -> str:
     from tuneloop.data import builtin
-    from tuneloop.data.sources import source_kind
 
     data = task.data or default_data
     builtin_kind = None
     if data is not None and data.task and source_kind(data.source, Path()) == "builtin":
         with contextlib.suppress(KeyError):
             builtin_kind = builtin.task(str(data.source), data.task).kind
-    from tuneloop.config.evaluation import METRICS
 
     return task.resolved_kind(builtin_kind if builtin_kind in METRICS else None)
 
@@ -119,7 +121,6 @@ def _task_kind(task, default_data: Data | None) -> str:
 def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tuple) -> Found:
     """Evaluation tasks: data present and readable, the split exists, classification has labels."""
     from tuneloop.data import builtin
-    from tuneloop.data.sources import local_splits, source_kind
 
     found: Found = []
     for i, task in enumerate(tasks):
@@ -157,8 +158,6 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
             if not has:
                 found.append(((*here, "labels"), "a classification task needs `labels:` (the classes to choose from)"))
         for m in task.resolved_metrics(task_kind):
-            from tuneloop.config.evaluation import METRICS
-
             if not m.startswith("evaluate:") and m not in METRICS[task_kind]:
                 found.append(
                     ((*here, "metrics"), f"{m!r} is not a {task_kind} metric; use: {', '.join(METRICS[task_kind])}")
@@ -169,8 +168,6 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
 def check_campaign(campaign, base_dir: Path) -> Found:
     """A campaign's prompts exist (the split, the columns its format reads), its models exist, its guidelines
     file is there, and gold items have references to be built from."""
-    from tuneloop.config.evaluation import EvalTask
-    from tuneloop.data.sources import effective_format
 
     found: Found = []
     if campaign.data is not None:
@@ -217,11 +214,8 @@ def _check_model(recipe: Recipe, base_dir: Path) -> Found:
 
 def model_ref_problems(name: str, base_dir: Path) -> list[str]:
     """What is wrong with a model reference (built-in, directory, hub id, `models:/`), without loading it."""
-    from tuneloop.models.builtin import BUILTIN_MODELS
 
     if name.startswith("models:/"):
-        from tuneloop.models.uri import parse_model_uri
-
         try:
             parse_model_uri(name)
         except ValueError as e:
@@ -245,8 +239,6 @@ def model_ref_problems(name: str, base_dir: Path) -> list[str]:
 
 def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
     """Where each stage starts, its reference model and its rewards."""
-
-    from tuneloop.data.sources import columns_for_check, effective_format
 
     found: Found = []
     for i, stage in enumerate(recipe.stages):
@@ -347,7 +339,6 @@ def local_model_config(name: str, base_dir: Path) -> dict | None:
     import json
 
     from tuneloop.models import builtin
-    from tuneloop.models.builtin import BUILTIN_MODELS
 
     if name.startswith("models:/"):
         return None

@@ -9,8 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
+from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
 from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
 from tuneloop.config.templates import template_fields
+from tuneloop.data import builtin
+from tuneloop.data.sources import FILE_TYPES, columns_of, effective_format, local_splits, source_kind, text_columns
 
 Found = list[tuple[tuple, str]]
 
@@ -48,8 +51,6 @@ SHAPE_EXAMPLE = {
 
 
 def check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bool = True) -> Found:
-    from tuneloop.data import builtin
-    from tuneloop.data.sources import FILE_TYPES, columns_of, effective_format, local_splits, source_kind
 
     found: Found = []
     kind = source_kind(data.source, base_dir)
@@ -102,9 +103,6 @@ def _check_prepare(
     data: Data, loc: tuple, base_dir: Path, columns: list[str] | None, splits: list[str] | None
 ) -> Found:
     """Columns, splits, group keys, mixed-in sources and user functions of `data.prepare`, before any loading."""
-
-    from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
-    from tuneloop.data.sources import text_columns
 
     found: Found = []
     known = list(splits) if splits is not None else None
@@ -163,7 +161,6 @@ def _check_prepare(
 
 def _builtin_tasks_for(method: str) -> list[tuple[str, str]]:
     """Built-in (dataset, task) pairs whose rows suit `method`, to suggest when the data does not."""
-    from tuneloop.data import builtin
 
     return [
         (name, task)

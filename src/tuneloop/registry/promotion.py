@@ -21,12 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import workspace
-from tuneloop.config.evaluation import GateRule
+from tuneloop.config.evaluation import GateRule, Generation
+from tuneloop.config.lifecycle import Cost
+from tuneloop.cost import recipe_price
 from tuneloop.errors import TuneloopError
+from tuneloop.eval.gate import apply_gate
 from tuneloop.eval.runner import ModelRun, ModelSpec, compare, evaluate_model, load_run, write_results
-from tuneloop.eval.suite import Suite
+from tuneloop.eval.suite import Suite, from_recipe, progress_bars
+from tuneloop.eval.tasks import load_task
 from tuneloop.models.registered import cache_dir, get_version
+from tuneloop.recipes import load_recipe
 from tuneloop.registry import aliases
+from tuneloop.registry.register import candidate_entry
 from tuneloop.rundir import RESULTS
 from tuneloop.tracking import store
 
@@ -175,9 +181,6 @@ def judge(
     say: Callable[[str], None],
 ) -> tuple[dict[str, Any], Path, list[str]]:
     """Champion and candidate on the suite (cached where possible), paired comparison, gate; writes a report."""
-    from tuneloop.eval.gate import apply_gate
-    from tuneloop.eval.suite import progress_bars
-    from tuneloop.eval.tasks import load_task
 
     tasks = [load_task(t, suite.default_data, suite.base_dir, suite.smoke) for t in suite.tasks]
     backend = backend or suite.backend
@@ -236,7 +239,6 @@ def _result_keys(results: dict[str, Any], entry: dict[str, Any]) -> dict[str, st
         config = configs.get(task)
         if config is None:
             continue
-        from tuneloop.config.evaluation import Generation
 
         generation = Generation.model_validate(config.get("generation") or {}).model_dump(mode="json")
         labels = (body.get("classification") or {}).get("labels") or config.get("labels")
@@ -254,7 +256,6 @@ def _result_keys(results: dict[str, Any], entry: dict[str, Any]) -> dict[str, st
 
 def cached_run(name: str, version: str, tasks: list[Any], backend: str) -> ModelRun | None:
     """The version's evaluation on exactly these tasks, from its own registered results or an earlier judgment."""
-    from tuneloop.registry.register import candidate_entry
 
     wanted = _wanted_keys(tasks, backend)
     for results_file in _cached_results(name, version):
@@ -312,8 +313,6 @@ def _restrict(run: ModelRun, tasks: set[str]) -> ModelRun:
 
 
 def _evaluate(name: str, version: str, tasks: list[Any], suite: Suite, backend: str, say, progress_bars) -> ModelRun:
-    from tuneloop.config.lifecycle import Cost
-    from tuneloop.cost import recipe_price
 
     price = recipe_price(suite.cost or Cost(), suite.base_dir)
     with progress_bars() as progress:
@@ -353,8 +352,6 @@ def recorded_suite(
 ) -> tuple[Suite, list[GateRule]]:
     """The suite and gate of the recipe the version was trained with (its registered recipe.yaml), unless the
     caller gives them. Relative data paths are read from the recipe's original directory."""
-    from tuneloop.eval.suite import from_recipe
-    from tuneloop.recipes import load_recipe
 
     mv = get_version(f"models:/{name}/{version}")
     recipe_file = _version_file(name, version, "recipe.yaml")

@@ -25,10 +25,16 @@ from typing import Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.errors import TuneloopError
+from tuneloop.models.builtin import BUILTIN_MODELS
+from tuneloop.models.loading import merge_adapter
+from tuneloop.models.references import weights_sha256
 from tuneloop.models.registered import MODEL_RECORD
+from tuneloop.recipes import load_recipe
 from tuneloop.registry import aliases
+from tuneloop.registry.card import model_card
 from tuneloop.rundir import RunDir, RunSummary
 from tuneloop.tracking import RunTracker, evaluation_metrics, store
+from tuneloop.train import begin_tracking
 
 ARTIFACT_PATH = "registered-model"
 SKIP_FILES = {"README.md", "training_args.bin"}  # peft's placeholder card; a pickle nobody should load
@@ -73,7 +79,6 @@ def register_run(
         staged = Path(tmp) / ARTIFACT_PATH
         record = _stage(run, recipe, summary, results, staged, name, say)
         tags = lineage_tags(summary, results, record, run_tags, tracker.run_id, run_dir, smoke)
-        from tuneloop.registry.card import model_card
 
         card = model_card(recipe, summary, results, record, tags)
         (staged / "README.md").write_text(card)
@@ -90,8 +95,6 @@ def register_run(
 def register_existing_run(run_dir: Path, say: Callable[[str], None] = print) -> Registration:
     """`tuneloop registry register RUN_DIR`: a run trained by `tuneloop train` (or on a cluster) and evaluated
     afterwards, registered as `tuneloop run` would have; its MLflow run is reopened (or created) for it."""
-    from tuneloop.recipes import load_recipe
-    from tuneloop.train import begin_tracking
 
     run = RunDir(run_dir.resolve())
     run_dir = run.path
@@ -141,8 +144,6 @@ def _stage(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Lay out the version's files in `out`; returns the model record (also written as tuneloop-model.json)."""
-    from tuneloop.models.loading import merge_adapter
-    from tuneloop.models.references import weights_sha256
 
     model_dir = Path(summary.model_dir)
     base = summary.base_model
@@ -186,7 +187,6 @@ def _stage(
 def _portable_base(base: dict[str, Any], trained_on: str) -> str:
     """How another machine finds the adapter's base: the registered version it came from (by number, never by
     alias), the built-in name, the hub id, or (for a local checkpoint) its absolute path."""
-    from tuneloop.models.builtin import BUILTIN_MODELS
 
     ref = str(base.get("ref") or trained_on)
     if base.get("registry"):

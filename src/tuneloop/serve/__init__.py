@@ -23,7 +23,15 @@ from typing import Any
 
 from tuneloop import workspace
 from tuneloop.errors import TuneloopError
+from tuneloop.models.registered import registered_model
+from tuneloop.models.uri import parse_model_uri
+from tuneloop.registry.aliases import current
 from tuneloop.serve.config import ServeConfig
+from tuneloop.serve.engine import Engine, choose_engine, resolve
+from tuneloop.serve.follow import check_followable
+from tuneloop.serve.gateway import Gateway
+from tuneloop.serve.store import KeyRing, RequestLog
+from tuneloop.tracking import store
 
 
 def run(
@@ -31,8 +39,6 @@ def run(
 ) -> int:
     """Serve until stopped; the exit code (0 after a clean stop, 1 when the engine died)."""
     from tuneloop import db
-    from tuneloop.serve.engine import Engine, choose_engine
-    from tuneloop.serve.store import KeyRing, RequestLog
 
     kind = choose_engine(config.engine, config.mode, say)
     keyring = None
@@ -66,8 +72,6 @@ def run(
 
 
 def _deployment(refs: list[str], config: ServeConfig, names: list[str] | None, say: Callable[[str], None]):
-    from tuneloop.serve.engine import resolve
-    from tuneloop.serve.follow import check_followable
 
     pinned = None
     if config.follow:
@@ -80,10 +84,6 @@ def _deployment(refs: list[str], config: ServeConfig, names: list[str] | None, s
 
 def _alias_targets(refs: list[str], alias: str, say: Callable[[str], None]) -> dict[str, str]:
     """Start on what the followed alias names now (`serve models:/q/1 --follow champion` serves the champion)."""
-    from tuneloop.models.registered import registered_model
-    from tuneloop.models.uri import parse_model_uri
-    from tuneloop.registry.aliases import current
-    from tuneloop.tracking import store
 
     c = store.client()
     out = {}
@@ -133,8 +133,6 @@ async def _serve(
     engine: Any, config: ServeConfig, keyring: Any, log: Any, sock: socket.socket, say: Callable[[str], None]
 ) -> int:
     import uvicorn
-
-    from tuneloop.serve.gateway import Gateway
 
     started = time.monotonic()
     await engine.wait_ready(config.startup_timeout_s, say)

@@ -13,6 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.config.errors import Problem, RecipeError
+from tuneloop.config.loader import _locate, _problem_from_pydantic
+from tuneloop.config.yamlsource import display_path, load_located
 
 Scalar = str | int | float | bool
 EngineValue = Scalar | list[Scalar] | dict[str, Any]
@@ -50,8 +52,6 @@ class ServeConfig(BaseModel):
 
 def load_serve_config(path: Path | None, overrides: dict[str, Any], engine_args: list[str]) -> ServeConfig:
     """The file (if any), then command-line values over it; RecipeError with file:line for every problem."""
-    from tuneloop.config.loader import _locate, _problem_from_pydantic
-    from tuneloop.config.yamlsource import display_path, load_located
 
     raw: dict[str, Any] = {}
     where: dict = {}

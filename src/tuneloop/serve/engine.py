@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.references import merged_dir, resolve_model
+from tuneloop.models.registered import registered_from
+from tuneloop.models.uri import parse_model_uri
 from tuneloop.serve.config import ServeConfig, engine_flags
 
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
@@ -78,8 +81,6 @@ def resolve(
     say: Callable[[str], None] = print,
 ) -> Deployment:
     """Turn MODEL arguments into local weights; `pinned` replaces an alias with a version (a swap's target)."""
-    from tuneloop.models.references import merged_dir, resolve_model
-    from tuneloop.models.uri import parse_model_uri
 
     if not refs:
         raise TuneloopError("give a model to serve: models:/NAME@ALIAS, models:/NAME/VERSION, a path or a built-in")
@@ -100,8 +101,6 @@ def resolve(
                 target = f"models:/{uri.name}/{pinned[uri.name]}"
         model = resolve_model(target, Path.cwd(), say=say)
         if registered:
-            from tuneloop.models.registered import registered_from
-
             version = str((registered_from(model.path) or {}).get("version") or "") or None
         name = (names[i] if names else None) or registered or Path(model.path).name
         if mode == "merged":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from tuneloop.errors import TuneloopError
+from tuneloop.registry.aliases import current
 from tuneloop.serve.engine import Deployment
+from tuneloop.tracking import store
 
 
 def check_followable(deployment: Deployment, alias: str) -> None:
@@ -17,8 +19,6 @@ def check_followable(deployment: Deployment, alias: str) -> None:
 
 def target_versions(deployment: Deployment, alias: str) -> dict[str, str]:
     """{served name: version} the alias points at; models whose alias is unset are left out (keep serving)."""
-    from tuneloop.registry.aliases import current
-    from tuneloop.tracking import store
 
     c = store.client()
     out = {}

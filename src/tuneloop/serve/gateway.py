@@ -28,7 +28,8 @@ from starlette.routing import Route
 
 from tuneloop.serve import ratings
 from tuneloop.serve.config import ServeConfig
-from tuneloop.serve.engine import Deployment, Engine
+from tuneloop.serve.engine import Deployment, Engine, resolve
+from tuneloop.serve.follow import target_versions
 from tuneloop.serve.http import check_limits, client_request_id, error, rename_model
 from tuneloop.serve.meters import Metrics, RateLimiter
 
@@ -383,7 +384,6 @@ class Gateway:
             return
 
     async def _follow(self) -> None:
-        from tuneloop.serve.follow import target_versions
 
         failed: set[tuple] = set()
         warned = False
@@ -416,7 +416,6 @@ class Gateway:
 
     async def swap(self, targets: dict[str, str]) -> bool:
         """Start an engine with the new versions, move traffic when it is healthy, drain and stop the old one."""
-        from tuneloop.serve.engine import resolve
 
         old = self.engine
         moves = ", ".join(f"{n} {old.deployment.versions().get(n)} → {v}" for n, v in targets.items())

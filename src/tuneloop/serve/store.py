@@ -42,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 
 from tuneloop.db import metadata
 from tuneloop.errors import TuneloopError
+from tuneloop.registry.aliases import who
 
 PREFIX = "tlk"
 
@@ -117,7 +118,6 @@ class Key:
 def create_key(name: str, rpm: int | None = None) -> tuple[str, Key]:
     """A new key; the secret is returned once and never stored."""
     from tuneloop import db
-    from tuneloop.registry.aliases import who
 
     if not name.strip():
         raise TuneloopError("a key needs a name (who or what uses it), for the request log and revocation")

@@ -13,6 +13,8 @@ from sqlalchemy import func, select
 
 from tuneloop.config.when import parse_when
 from tuneloop.eval.backends import Prompt
+from tuneloop.serve.store import requests, served_feedback
+from tuneloop.serve.store import requests as table
 
 ENDPOINTS = {"chat": "chat.completions", "completions": "completions"}  # as the gateway logs them
 
@@ -62,7 +64,6 @@ def read(
     """Successful requests (status 200, an output) in the window, oldest first, and how many rows were passed
     over and why (shown to the user, so an empty campaign explains itself)."""
     from tuneloop import db
-    from tuneloop.serve.store import requests as table
 
     paths = [ENDPOINTS[e] for e in endpoints or list(ENDPOINTS)]
     q = select(table).where(table.c.endpoint.in_(paths)).order_by(table.c.id)
@@ -100,7 +101,6 @@ def feedback_counts(model: str | None = None, since: datetime | None = None) -> 
     """Thumbs up and down that applications sent (`POST /v1/feedback`) about requests served since `since` (the
     request's time, not the rating's), by `model` or by any: {"up": n, "down": n}. The online quality signal."""
     from tuneloop import db
-    from tuneloop.serve.store import requests, served_feedback
 
     served = select(requests.c.id).where(requests.c.request_id == served_feedback.c.request_id)
     if model:

@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tuneloop.config.sweep import Sweep, duration_s
-from tuneloop.errors import RunStopped
+from tuneloop.errors import RunStopped, TuneloopError
 from tuneloop.sweep import budget as B
 from tuneloop.sweep.pruning import dominated, optuna_pruner
+from tuneloop.sweep.space import make_sampler, override, suggest
 
 HEARTBEAT_S = 60
 BUDGET_STOP = "stopped by the budget"
@@ -68,7 +69,6 @@ class TrialContext:
         self.progress: list[list[float | None]] = []
 
     def overrides(self) -> list[str]:
-        from tuneloop.sweep.space import override
 
         return [override(k, v) for k, v in self.params.items()]
 
@@ -159,7 +159,6 @@ class SweepLoop:
         )
 
     def objective(self, trial: Any) -> tuple[float, ...] | float:
-        from tuneloop.sweep.space import suggest
 
         trials = self.trials()
         params = suggest(trial, self.space)
@@ -275,9 +274,6 @@ def open_study(
     """Create the sweep's study or load it (resume, or another worker); refuses a study of the same name whose
     objectives differ."""
     import optuna
-
-    from tuneloop.errors import TuneloopError
-    from tuneloop.sweep.space import make_sampler
 
     directions = [o.direction for o in sweep.objectives]
     sampler = make_sampler(sweep, space)

@@ -14,10 +14,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneloop.config.schema import Recipe, Stage
+from tuneloop.cost import recipe_price
 from tuneloop.errors import RunStopped, TuneloopError
+from tuneloop.eval import metrics as M
+from tuneloop.eval.backends import TransformersBackend
+from tuneloop.eval.tasks import load_task
 from tuneloop.recipes import load_recipe
 from tuneloop.sweep.engine import Outcome, TrialContext, TrialFailed
-from tuneloop.sweep.spec import SweepSpec, trial_overrides
+from tuneloop.sweep.space import override
+from tuneloop.sweep.spec import SweepSpec, _metrics, trial_overrides
 from tuneloop.train.stage import SMOKE_STEPS
 
 SPEND_EVERY_S = 5.0
@@ -49,8 +54,6 @@ class TrialMonitor(TrainerCallback):
             self.ctx.spend(self.clock())
 
     def _score(self, model: Any, tokenizer: Any) -> float:
-        from tuneloop.eval import metrics as M
-        from tuneloop.eval.backends import TransformersBackend
 
         started = time.perf_counter()
         was_training, cache = model.training, model.config.use_cache
@@ -92,7 +95,6 @@ class LiveExecutor:
     def planned_examples(self, params: dict[str, Any]) -> int | None:
         """Training examples the trial will see: steps × batch × accumulation over its stages (rows × epochs when
         `max_steps` is not set and the data is capped with `max_train_rows`)."""
-        from tuneloop.sweep.space import override
 
         try:
             recipe = self.recipe([override(k, v) for k, v in params.items()])
@@ -115,7 +117,6 @@ class LiveExecutor:
 
     def __call__(self, ctx: TrialContext) -> Outcome:
         from tuneloop import pipeline
-        from tuneloop.cost import recipe_price
 
         recipe = self.recipe(ctx.overrides())
         price = recipe_price(recipe.cost, self.spec.recipe_path.parent)
@@ -175,8 +176,6 @@ class LiveExecutor:
     def _task_rows(self, recipe: Recipe) -> Any:
         """The objective task's first `pruning.rows` prompts, loaded once per sweep."""
         if self._rows is None:
-            from tuneloop.eval.tasks import load_task
-
             assert recipe.evaluation is not None and self.spec.sweep.pruning is not None
             task = next(t for t in recipe.evaluation.tasks if t.name == self.task)
             n = 4 if self.smoke else self.spec.sweep.pruning.rows
@@ -188,7 +187,6 @@ class LiveExecutor:
 
 def objective_task(spec: SweepSpec) -> tuple[str, str]:
     """(task, metric) of the first metric objective, resolved against the recipe's evaluation."""
-    from tuneloop.sweep.spec import _metrics
 
     wanted = spec.sweep.metric_objectives()[0].metric or ""
     full = next(m for m in _metrics(spec.recipe) if m == wanted or m.split("/")[-1] == wanted)

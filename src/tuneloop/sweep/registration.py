@@ -9,14 +9,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config.loader import resolved_yaml
 from tuneloop.errors import TuneloopError
+from tuneloop.recipes import load_recipe
+from tuneloop.registry.register import register_run
 from tuneloop.rundir import RunDir
+from tuneloop.sweep.space import override
+from tuneloop.sweep.spec import load_sweep
+from tuneloop.tracking import RunTracker
 
 
 def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] = print) -> Any:
-    from tuneloop.registry.register import register_run
-    from tuneloop.sweep.spec import load_sweep
-    from tuneloop.tracking import RunTracker
 
     run = RunDir.holding(Path(row.get("run_dir") or ""))
     if run is None:
@@ -41,9 +44,6 @@ def register_trial(study: Any, row: dict[str, Any], say: Callable[[str], None] =
     tracker.set_tags({"tuneloop.sweep": study.study_name, "tuneloop.sweep_trial": str(row["number"])})
     # The version keeps the recipe with the trial's values *and* the recipe's registry, baseline and gate (which the
     # trial ran without), so that `registry promote` judges it by the recipe's gate; the trial's own stays beside it.
-    from tuneloop.config.loader import resolved_yaml
-    from tuneloop.recipes import load_recipe
-    from tuneloop.sweep.space import override
 
     full = load_recipe(spec.recipe_path, [*overrides, *(override(k, v) for k, v in row["params"].items())])
     recorded, trial_copy = run.recipe_file, run.path / "recipe.trial.yaml"

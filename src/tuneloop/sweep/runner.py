@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import workspace
+from tuneloop.sweep.budget import started, total_spent
 from tuneloop.sweep.engine import HEARTBEAT_S, SweepLoop, open_storage, open_study
+from tuneloop.sweep.report import summary_metrics, write_report
 from tuneloop.sweep.spec import SweepSpec
+from tuneloop.tracking import flatten, store
 
 
 def default_storage() -> str:
@@ -49,7 +52,6 @@ def parent_run(spec: SweepSpec, study: Any) -> str | None:
         return None
     if study.user_attrs.get("mlflow_run_id"):
         return study.user_attrs["mlflow_run_id"]
-    from tuneloop.tracking import flatten, store
 
     client = store.client()
     experiment = store.experiment_id(client, spec.recipe.tracking.experiment or spec.recipe.name)
@@ -87,7 +89,6 @@ def run_sweep(
     url = storage_url or default_storage()
     storage = open_storage(url, heartbeat_s)
     study = open_study(spec.sweep, spec.space, spec.name, storage, max_steps=_max_steps(spec))
-    from tuneloop.sweep.budget import started, total_spent
 
     trials = study.get_trials(deepcopy=False)
     if trials and not join:
@@ -145,8 +146,6 @@ def run_sweep(
 
 def _finish_parent(study: Any, run_id: str, out: Path, spec: SweepSpec) -> None:
     """The report and the chosen trial's values on the sweep's run; FINISHED."""
-    from tuneloop.sweep.report import summary_metrics, write_report
-    from tuneloop.tracking import store
 
     client = store.client()
     report_dir = write_report(study, out, spec.sweep)

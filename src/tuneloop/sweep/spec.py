@@ -10,9 +10,13 @@ import yaml
 
 from tuneloop.config.errors import Problem, RecipeError
 from tuneloop.config.evaluation import GENERATION_METRICS
+from tuneloop.config.loader import find_default, load_validated
 from tuneloop.config.schema import Recipe
 from tuneloop.config.sweep import Param, Sweep
 from tuneloop.config.yamlsource import display_path, load_located
+from tuneloop.data import builtin
+from tuneloop.recipes import load_recipe
+from tuneloop.sweep.space import default_space, override
 
 
 @dataclass
@@ -30,8 +34,6 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """A recipe with a `sweep:` section, or a sweep file naming its recipe; RecipeError lists every problem."""
-    from tuneloop.config.loader import find_default, load_validated
-    from tuneloop.recipes import load_recipe
 
     path = Path(path)
     if not path.is_file():
@@ -64,7 +66,6 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None) -> SweepSpe
             raise RecipeError([Problem(display_path(path), line, "recipe", msg)])
         recipe = load_recipe(recipe_path, overrides)
         prefix = ()
-    from tuneloop.sweep.space import default_space
 
     space = dict(sweep.space) or default_space(recipe)
     problems = check_against_recipe(sweep, space, recipe, recipe_path, overrides or [])
@@ -84,8 +85,6 @@ def check_against_recipe(
 ) -> list[tuple[tuple, str]]:
     """Every searched value makes a valid recipe (both ends of each range, every choice), and every metric
     objective is something the recipe's evaluation computes."""
-    from tuneloop.recipes import load_recipe
-    from tuneloop.sweep.space import override
 
     problems: list[tuple[tuple, str]] = []
     if not space:
@@ -142,7 +141,6 @@ def _metrics(recipe: Recipe) -> list[str]:
 
 
 def _builtin_kind(task, recipe: Recipe) -> str:
-    from tuneloop.data import builtin
 
     data = task.data or recipe.data
     try:

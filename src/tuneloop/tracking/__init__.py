@@ -20,6 +20,7 @@ from typing import Any
 from tuneloop.config.lifecycle import Tracking
 from tuneloop.rundir import TRACKING, RunDir, StageSummary
 from tuneloop.tracking import store
+from tuneloop.tracking.wandb_sink import WandbRun, resolve_mode
 
 TRACKING_FILE = TRACKING  # the run directory's record of its MLflow (and W&B) run
 MAX_PARAM = 6000  # MLflow's limit on a parameter value
@@ -65,8 +66,6 @@ class RunTracker:
         if self.enabled:
             _ = self.client
         if self.settings.wandb is not None:
-            from tuneloop.tracking.wandb_sink import resolve_mode
-
             resolve_mode(self.settings.wandb)
 
     # ------------------------------------------------------------------ lifecycle
@@ -98,8 +97,6 @@ class RunTracker:
             record["mlflow"] = {"uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
             self.say(f"tracking: MLflow {store.run_url(self.uri, self.experiment_id, self.run_id)}")
         if self.settings.wandb is not None:
-            from tuneloop.tracking.wandb_sink import WandbRun
-
             self.wandb = WandbRun.start(
                 self.settings.wandb, self.experiment, run_name, run_dir, config or {}, record.get("wandb"), self.say
             )

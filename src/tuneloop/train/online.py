@@ -17,8 +17,11 @@ from typing import Any
 from transformers import TrainerCallback
 
 from tuneloop.config.schema import Reward, Stage
+from tuneloop.data.sources import effective_format
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import load_model, load_reward_model, load_tokenizer, resolve
+from tuneloop.recipes.checks import reward_reference
+from tuneloop.rewards import build_builtin
 from tuneloop.rundir import StageSummary
 from tuneloop.train.stage import StageContext, finish, lora_config, stage_data, trl_args
 
@@ -58,9 +61,6 @@ class ZeroStdWatch(TrainerCallback):
 
 def reward_functions(stage: Stage, ctx: StageContext) -> tuple[list[Any], list[float]]:
     """The stage's rewards as TRL reward functions (callables or sequence-classifier models) and their weights."""
-    from tuneloop.data.sources import effective_format
-    from tuneloop.recipes.checks import reward_reference
-    from tuneloop.rewards import build_builtin
 
     fmt = effective_format(ctx.recipe.stage_data(stage))
     funcs: list[Any] = []

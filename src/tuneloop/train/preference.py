@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneloop.config.schema import Stage
+from tuneloop.data.sources import effective_format
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import load_model, load_reference, load_tokenizer
 from tuneloop.rundir import StageSummary
@@ -69,7 +70,6 @@ def train_with(
 
 
 def _chat_rows(ctx: StageContext, stage: Stage) -> bool:
-    from tuneloop.data.sources import effective_format
 
     fmt = effective_format(ctx.recipe.stage_data(stage))
     return fmt is not None and fmt.style == "chat"

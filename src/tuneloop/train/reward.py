@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from tuneloop.config.schema import Stage
+from tuneloop.eval.metrics import _mean_metric
 from tuneloop.rundir import StageSummary
 from tuneloop.train.preference import train_with
 from tuneloop.train.stage import StageContext
@@ -34,8 +35,6 @@ def pairwise_accuracy(trainer: Any, resamples: int = 1000) -> dict[str, Any]:
     percentile-bootstrap CI. Every rank scores its shard; the main process gets all of them."""
     import torch
     from accelerate.utils import gather_object
-
-    from tuneloop.eval.metrics import _mean_metric
 
     model = trainer.model
     was_training = model.training

@@ -12,10 +12,14 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from tuneloop.config.schema import Peft, Recipe, Stage
+from tuneloop.config.schema import ONLINE_METHODS, Peft, Recipe, Stage
+from tuneloop.data import load_data
+from tuneloop.data.sources import effective_format, split_source
 from tuneloop.errors import TuneloopError
+from tuneloop.models.loading import memory_footprint, param_count
+from tuneloop.models.references import TRAINING_RECORD, training_record
 from tuneloop.rundir import RunDir, StageSummary, last_checkpoint, write_json
-from tuneloop.train.launch import Request, running, verify
+from tuneloop.train.launch import Request, requested, running, verify
 from tuneloop.train.progress import RichProgress, StepClock, console
 
 SMOKE_ROWS = 16
@@ -55,8 +59,6 @@ def trl_args(
     """The stage's TRL config: the recipe's `args` over tuneloop's defaults for this machine; `extra` is what
     the method derives from the stage itself (GRPO's reward weights)."""
     import torch
-
-    from tuneloop.config.schema import ONLINE_METHODS
 
     cuda = torch.cuda.is_available()
     defaults: dict[str, Any] = {
@@ -116,7 +118,6 @@ def track_data(ctx: StageContext, stage: Stage, data: Any) -> None:
     """Each split the stage trains or validates on, as a dataset input whose digest is its fingerprint."""
     if ctx.tracker is None:
         return
-    from tuneloop.data.sources import split_source
 
     spec = ctx.recipe.stage_data(stage)
     for role, ds, split in (("training", data.train, spec.train_split), ("validation", data.eval, spec.eval_split)):
@@ -151,7 +152,6 @@ def lora_config(peft: Peft | None, ctx: StageContext, task_type: str = "CAUSAL_L
 
 def stage_data(stage: Stage, ctx: StageContext):
     """Load, prepare and format the stage's rows for its method, say what was loaded, and track it."""
-    from tuneloop.data import load_data
 
     data = load_data(
         ctx.recipe.stage_data(stage),
@@ -172,7 +172,6 @@ def stage_data(stage: Stage, ctx: StageContext):
 
 def describe_model(trainer: Any, stage: Stage, ctx: StageContext) -> tuple[int, int]:
     """Print what trains; returns (trainable, total) parameters."""
-    from tuneloop.models.loading import memory_footprint, param_count
 
     trainable, total = param_count(trainer.model)
     kind = {None: "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA, 4-bit NF4 base"}[stage.peft and stage.peft.type]
@@ -195,8 +194,6 @@ def finish(
 ) -> StageSummary:
     """Train and save (`fit`), then record how the model must be evaluated and where its data came from.
     `generates=False` (reward models) writes no generation record: such a model scores, it does not answer."""
-    from tuneloop.data.sources import effective_format
-    from tuneloop.models.references import TRAINING_RECORD, training_record
 
     trainable, total = describe_model(trainer, stage, ctx)
     summary = fit(trainer, stage, ctx, callbacks=callbacks)
@@ -214,8 +211,6 @@ def finish(
 def fit(trainer: Any, stage: Stage, ctx: StageContext, callbacks: list[Any] | None = None) -> StageSummary:
     """Evaluate, train (resuming from the newest complete checkpoint if asked), evaluate, save, summarise."""
     from accelerate.utils import gather_object
-
-    from tuneloop.models.loading import memory_footprint
 
     callbacks = [*(callbacks or []), *(ctx.callbacks(stage) if ctx.callbacks else [])]
     mode, clock = _add_callbacks(trainer, stage, ctx, callbacks)
@@ -271,8 +266,6 @@ def _add_callbacks(trainer: Any, stage: Stage, ctx: StageContext, callbacks: lis
     """The mode check first (nothing else runs before the engine is known to be right), progress, the step clock,
     the caller's callbacks after the clock (their pauses are not training time), then the tracker's curves."""
     from transformers import PrinterCallback
-
-    from tuneloop.train.launch import requested
 
     mode = ModeCheck(trainer, requested())
     trainer.add_callback(mode)
