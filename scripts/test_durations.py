@@ -4,7 +4,7 @@
 server files start early instead of after 500 quick unit tests and leave one worker alone at the end. The order comes
 from a measured run; refresh it when test files are added or change a lot:
 
-    .venv/bin/python -m pytest -n 2 --dist loadfile --junitxml=/tmp/junit.xml
+    .venv/bin/python -m pytest -n 3 --dist loadfile --junitxml=/tmp/junit.xml
     .venv/bin/python scripts/test_durations.py /tmp/junit.xml > tests/durations.json
 """
 
