@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tuneloop.config.schema import Recipe
 from tuneloop.cost import total
@@ -17,14 +17,11 @@ from tuneloop.eval.runner import ModelSpec
 from tuneloop.eval.suite import from_recipe, run_suite
 from tuneloop.models.registered import registered_from
 from tuneloop.registry import register
-from tuneloop.registry.promotion import promote, remember_result
+from tuneloop.registry.promotion import Decision, promote, remember_result
+from tuneloop.registry.register import Registration
 from tuneloop.rundir import RunDir, RunSummary, StageSummary
 from tuneloop.tracking import RunTracker, cost_metrics, evaluation_metrics
 from tuneloop.train import Trained, train_recipe
-
-if TYPE_CHECKING:
-    from tuneloop.registry.promotion import Decision
-    from tuneloop.registry.register import Registration
 
 
 @dataclass

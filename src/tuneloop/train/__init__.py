@@ -27,10 +27,10 @@ if TYPE_CHECKING:  # stage.py imports transformers; it is imported when the firs
     from tuneloop.train.stage import StageContext
 
 
-def _method(name: str) -> Callable[..., dict[str, Any]]:
+def _method(name: str) -> Callable[..., StageSummary]:
     """The method module's `train`, imported when a stage runs (each pulls in its TRL trainer)."""
 
-    def run(stage: Stage, ctx) -> dict[str, Any]:
+    def run(stage: Stage, ctx) -> StageSummary:
         import importlib
 
         return importlib.import_module(f"tuneloop.train.{name}").train(stage, ctx)
@@ -39,7 +39,7 @@ def _method(name: str) -> Callable[..., dict[str, Any]]:
 
 
 # one module per method in trainer_fields.CONFIG_CLASSES (the methods a recipe may name)
-METHODS: dict[str, Callable[..., dict[str, Any]]] = {name: _method(name) for name in trainer_fields.methods()}
+METHODS: dict[str, Callable[..., StageSummary]] = {name: _method(name) for name in trainer_fields.methods()}
 
 
 @dataclass
