@@ -54,3 +54,32 @@ def test_test_durations_sum_each_file_and_name_only_existing_files(tmp_path):
     ]
     stale = [name for name in json.loads((repo / "tests/durations.json").read_text()) if not (repo / name).is_file()]
     assert not stale, f"tests/durations.json names removed files {stale}: refresh it (scripts/test_durations.py)"
+
+
+def test_uv_gets_the_package_sources_pip_is_configured_with(tmp_path):
+    """`make install` hands pip's configuration to uv (scripts/pip_to_uv.py); a key it drops would make uv resolve
+    against other indexes than pip, or ignore a constraint."""
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    conf = tmp_path / "pip.conf"
+    conf.write_text(
+        "[global]\nextra-index-url = file:///srv/a/simple file:///srv/b/simple\nconstraint = /etc/c.txt\n"
+        "[install]\nfind-links = /srv/wheels\n"
+    )
+    env = {**os.environ, "PIP_CONFIG_FILE": str(conf), "PIP_INDEX_URL": "https://mirror.example/simple"}
+    env.pop("PIP_FIND_LINKS", None)
+    done = subprocess.run(
+        [sys.executable, "scripts/pip_to_uv.py"], cwd=repo, env=env, capture_output=True, text=True, check=True
+    )
+    flags = done.stdout.split()
+    assert flags[:2] == ["--index-strategy", "unsafe-best-match"]  # pip's rule: the best version on any index
+    pairs = list(zip(flags[2::2], flags[3::2], strict=True))
+    assert ("--index-url", "https://mirror.example/simple") in pairs
+    assert ("--extra-index-url", "file:///srv/a/simple") in pairs and (
+        "--extra-index-url",
+        "file:///srv/b/simple",
+    ) in pairs
+    assert ("--constraints", "/etc/c.txt") in pairs and ("--find-links", "/srv/wheels") in pairs
