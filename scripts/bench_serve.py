@@ -264,9 +264,6 @@ def main() -> None:
     texts = prompts(max(a.clients) * a.per_client)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
-        shared = Path(os.environ.get("TUNELOOP_HOME", REPO / ".tuneloop")) / "models"
-        if shared.is_dir():
-            (home / "models").symlink_to(shared.resolve())
         console.print(f"starting tuneloop serve {a.model} ({machine()})")
         proc, state, key = start_endpoint(home, a.model, a.engine_arg, a.config)
         engine_line = next((ln for ln in (home / "serve.log").read_text().splitlines() if "-m vllm" in ln), "")

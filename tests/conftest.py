@@ -23,7 +23,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 REPO = Path(__file__).resolve().parents[1]
-# the converted built-in model, wherever `make model` put it (read-only for tests, so shared between them)
+# the converted built-in models, in the user-level cache `make model` filled (read-only for tests, shared by them)
 SHARED_MODELS = _workspace.models_dir()
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
@@ -108,7 +108,8 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def workspace(tmp_path, monkeypatch) -> Path:
-    """Every test gets its own TUNELOOP_HOME, except that the built-in model cache is shared (it is read-only)."""
+    """Every test gets its own TUNELOOP_HOME; the user-level model cache (the converted built-in model) is shared,
+    read-only."""
     home = tmp_path / "ws"
     monkeypatch.setenv("TUNELOOP_HOME", str(home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -116,9 +117,6 @@ def workspace(tmp_path, monkeypatch) -> Path:
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "WANDB_API_KEY", "WANDB_MODE", "TUNELOOP_USER"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    if SHARED_MODELS.is_dir():
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "models").symlink_to(SHARED_MODELS)
     return home
 
 

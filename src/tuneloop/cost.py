@@ -14,10 +14,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tuneloop import shipped
 from tuneloop.config.yamlsource import parse
 from tuneloop.errors import TuneloopError
-
-DEFAULT_PRICES = Path(__file__).resolve().parents[2] / "configs" / "cost" / "prices.yaml"
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class Price:
 def load_prices(path: str | None = None) -> dict[str, Any]:
     """The price table (configs/cost/prices.yaml unless a recipe names another)."""
 
-    file = Path(path) if path else DEFAULT_PRICES
+    file = Path(path) if path else shipped.configs() / "cost" / "prices.yaml"
     if not file.is_file():
         raise TuneloopError(f"price table {file} does not exist")
     table = parse(file.read_text())

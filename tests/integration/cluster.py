@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tuneloop import shipped
 from tuneloop.train.stage import weights_checksum
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,14 +62,18 @@ def env_for(workspace: Path, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def launch_cmd(profile: str, port: int, recipe: Path, *args: str) -> list[str]:
-    """What docs/cluster.md shows, with the shipped profile; two processes instead of eight."""
+def launch_cmd(profile: str, port: int, recipe: Path, *args: str, from_clone: bool = False) -> list[str]:
+    """What docs/cluster.md shows, with the shipped profile; two processes instead of eight. From a clone's root the
+    profile is `configs/accelerate/NAME.yaml`; from anywhere else, the path `tuneloop configs path` prints (inside
+    the package), whose relative `deepspeed_config_file` tuneloop then finds in the package too."""
+    shipped_profile = shipped.configs() / "accelerate" / f"{profile}.yaml"
+    profile_path = f"configs/accelerate/{profile}.yaml" if from_clone else str(shipped_profile)
     return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        f"configs/accelerate/{profile}.yaml",
+        profile_path,
         "--num_processes",
         "2",
         "--main_process_port",
@@ -80,10 +85,11 @@ def launch_cmd(profile: str, port: int, recipe: Path, *args: str) -> list[str]:
     ]
 
 
-def launch(profile: str, port: int, recipe: Path, workspace: Path, *args: str, **env: str):
+def launch(profile: str, port: int, recipe: Path, workspace: Path, *args: str, from_clone: bool = False, **env: str):
+    """Launched from the clone's root (`from_clone`), or from a directory outside it, as a user's project is."""
     return subprocess.run(
-        launch_cmd(profile, port, recipe, *args),
-        cwd=REPO,
+        launch_cmd(profile, port, recipe, *args, from_clone=from_clone),
+        cwd=REPO if from_clone else workspace.parent,
         env=env_for(workspace, **env),
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import build_tiny_model
-from tests.integration.cluster import REPO, SFT, assert_zero, env_for, launch, launch_cmd, ok, summary
+from tests.integration.cluster import SFT, assert_zero, env_for, launch, launch_cmd, ok, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -31,7 +31,7 @@ def test_zero3_kill_9_then_resume_continues_the_same_loss_curve(write, tmp_path,
     path = write("crash.yaml", SFT.format(name="crash", **settings))
     proc = subprocess.Popen(
         launch_cmd("zero3", 29641, path),
-        cwd=REPO,
+        cwd=workspace.parent,
         env=env_for(workspace),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

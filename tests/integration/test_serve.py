@@ -26,8 +26,6 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.conftest import SHARED_MODELS
-
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TUNELOOP = str(Path(sys.executable).with_name("tuneloop"))
 RECIPE = """
@@ -117,7 +115,6 @@ def home(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("serve")
     ws = root / "ws"
     ws.mkdir()
-    (ws / "models").symlink_to(SHARED_MODELS)
     recipe = root / "svc.yaml"
     recipe.write_text(RECIPE)
     _cli(ws, "run", str(recipe))

@@ -5,12 +5,26 @@ and never import the CLI. Heavy imports happen inside the verbs, so `tuneloop --
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from tuneloop import __version__
-from tuneloop.cli import data, evaluation, feedback, kit, loop, models, monitor, registry, serve, sweep, training
+from tuneloop import __version__, workspace
+from tuneloop.cli import (
+    data,
+    evaluation,
+    feedback,
+    kit,
+    loop,
+    models,
+    monitor,
+    project,
+    registry,
+    serve,
+    sweep,
+    training,
+)
 
 kit.no_flag_types()
 app = typer.Typer(
@@ -22,7 +36,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
+app.command()(project.init)
 app.add_typer(models.app, name="models")
+app.add_typer(project.app, name="configs")
 for _name, _group in (
     ("registry", registry),
     ("serve", serve),
@@ -45,8 +61,13 @@ def _version(shown: bool) -> None:
         raise typer.Exit()
 
 
+# commands that never write to a workspace: no note about creating one
+STATELESS = {"validate", "init", "configs", "models"}
+
+
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks (anywhere on the command line).")
     ] = False,
@@ -55,6 +76,12 @@ def _root(
     ] = False,
 ) -> None:
     del debug, version  # declared for `--help`: kit.Root takes `--debug` from anywhere before parsing; -V is eager
+    if ctx.invoked_subcommand not in STATELESS and not {"-h", "--help"} & set(sys.argv) and workspace.is_new():
+        kit.err.print(
+            f"note: no {workspace.DIRNAME} workspace in {Path.cwd()} or above; this command uses {workspace.home()} "
+            "(`tuneloop init DIR` starts a project, TUNELOOP_HOME names a workspace)",
+            markup=False,
+        )
 
 
 def main() -> None:

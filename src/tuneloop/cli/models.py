@@ -1,4 +1,4 @@
-"""`tuneloop models pull | list`: the built-in base models in the workspace cache."""
+"""`tuneloop models pull | list`: the built-in base models in the user-level model cache."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def models_pull(
     name: Annotated[str, typer.Argument(help="Built-in model name, e.g. smollm2-135m-instruct.")],
     force: Annotated[bool, typer.Option("--force", help="Convert again even if present.")] = False,
 ) -> None:
-    """Download and convert a built-in model into the workspace cache (a no-op when it is already there)."""
+    """Download and convert a built-in model into the user-level model cache (a no-op when it is already there)."""
     from tuneloop.models import builtin
 
     if name not in builtin.BUILTIN_MODELS:
@@ -26,7 +26,7 @@ def models_pull(
 
 @app.command("list")
 def models_list(as_json: JsonOpt = False) -> None:
-    """Built-in models and whether they are in the workspace."""
+    """Built-in models and whether they are in the model cache."""
     from tuneloop.models import builtin
 
     if as_json:

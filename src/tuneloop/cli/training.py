@@ -82,9 +82,18 @@ def _train(
         fail("--from starts a new run and --resume continues an unfinished one; use one of them", 2)
         return
     recipe = load_recipe_or_exit(recipe_path, set_)
+    import torch
+
+    from tuneloop.errors import TuneloopError
+    from tuneloop.train import launch
+
+    try:  # a launch that would silently train something else stops here, on every rank, before the stack loads
+        launch.refuse_impossible(launch.requested(), torch.cuda.is_available())
+    except TuneloopError as e:
+        fail(str(e), 1, e)
+        return
     from tuneloop import pipeline
     from tuneloop.config.loader import resolved_yaml
-    from tuneloop.errors import TuneloopError
     from tuneloop.train.progress import console
 
     main = is_main_rank()

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from tuneloop import shipped
 from tuneloop.config import trainer_fields
 from tuneloop.config.errors import AtKey, Problem, RecipeError
 from tuneloop.config.evaluation import EvalSuite
@@ -204,6 +205,7 @@ def find_default(entry: str, recipe_dir: Path) -> Path | None:
     dirs = [recipe_dir, Path.cwd()]
     dirs += [anc / "configs" for anc in (recipe_dir.resolve(), *recipe_dir.resolve().parents)]
     dirs.append(Path.cwd() / "configs")
+    dirs.append(shipped.configs())  # last: a project's own configs/ wins over what tuneloop ships
     for d in dirs:
         for n in names:
             candidate = d / n
@@ -227,7 +229,7 @@ def _load_with_defaults(path: Path, chain: tuple[Path, ...]) -> tuple[Any, dict[
         found = find_default(entry, path.parent)
         line = where.get(("defaults", i), (shown, None))[1]
         if found is None:
-            msg = f"no file {entry!r} next to the recipe or under a configs/ directory"
+            msg = f"no file {entry!r} next to the recipe, under a configs/ directory or in tuneloop's shipped configs"
             problems.append(Problem(shown, line, f"defaults[{i}]", msg))
             continue
         if found.resolve() in chain or found.resolve() == path.resolve():

@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tuneloop import shipped
 from tuneloop.config.schema import Format
 
 
@@ -23,9 +24,9 @@ class BuiltinTask:
 
 
 def data_root() -> Path:
-    """`TUNELOOP_DATA_DIR`, else the repository's `data/` (tuneloop installs in editable mode from a clone)."""
+    """`TUNELOOP_DATA_DIR`, else the datasets shipped inside the package (tuneloop.shipped)."""
     env = os.environ.get("TUNELOOP_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "data"
+    return Path(env) if env else shipped.data()
 
 
 def names() -> list[str]:

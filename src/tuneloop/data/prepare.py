@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -293,10 +294,15 @@ def _without_pair(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in ("chosen", "rejected")}
 
 
+def _to_stderr(message: str) -> None:
+    """Long one-off work (a first pull of the built-in model) says what it is doing, away from data output."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def load_tokenizer_for(name: str, base_dir: Path) -> Any:
 
     ref = ModelRef(name=name)
-    return load_tokenizer(resolve(ref, base_dir, log=lambda _m: None), ref, base_dir)
+    return load_tokenizer(resolve(ref, base_dir, log=_to_stderr), ref, base_dir)
 
 
 def _user_function(ref: str) -> Callable[[dict], bool]:

@@ -57,7 +57,7 @@ def sha256(file: Path) -> str:
 
 
 def pull(name: str, force: bool = False, log=print) -> Path:
-    """Materialise a built-in model in the workspace cache and return its directory."""
+    """Materialise a built-in model in the user-level model cache (shared by all workspaces); returns its directory."""
     spec = BUILTIN_MODELS[name]
     target = path(name)
     if is_pulled(name) and not force:

@@ -25,7 +25,7 @@ def resolve(ref: ModelRef, base_dir: Path, log=print) -> str:
         return str(full_model(materialize(ref.name, say=log)))
     if ref.name in builtin.BUILTIN_MODELS:
         if not builtin.is_pulled(ref.name):
-            log(f"built-in model {ref.name} is not in the workspace yet; pulling it once")
+            log(f"built-in model {ref.name} is not in the model cache {builtin.path(ref.name)}; converting it once")
             builtin.pull(ref.name, log=log)
         return str(builtin.path(ref.name))
     local = Path(ref.name).expanduser()

@@ -88,6 +88,7 @@ def preflight(recipe: Recipe, smoke: bool) -> Request:
     import torch
 
     request = launch.requested()
+    launch.pin_deepspeed_config()
     launch.refuse_impossible(request, torch.cuda.is_available())
     if smoke or torch.cuda.is_available():
         return request

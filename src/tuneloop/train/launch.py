@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop import shipped
 from tuneloop.errors import TuneloopError
 
 FIX_DOC = "docs/cluster.md"
@@ -55,6 +56,7 @@ def requested(env: Mapping[str, str] | None = None) -> Request:
     offload_optimizer = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE")
     offload_param = env.get("ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE")
     if config_file and config_file.lower() != "none":
+        config_file = str(deepspeed_config_path(config_file))
         zero = _deepspeed_json(Path(config_file)).get("zero_optimization", {})
         stage = zero.get("stage", stage)
         offload_optimizer = (zero.get("offload_optimizer") or {}).get("device", offload_optimizer)
@@ -79,11 +81,30 @@ def requested(env: Mapping[str, str] | None = None) -> Request:
     )
 
 
+def deepspeed_config_path(given: str) -> Path:
+    """The profile's deepspeed_config_file as given, else, for the shipped profiles' `configs/deepspeed/*.json`
+    launched from another directory than a clone's root, the file inside the installed package."""
+    path = Path(given).expanduser()
+    if path.is_file() or path.is_absolute():
+        return path
+    return shipped.locate(path) or path
+
+
+def pin_deepspeed_config(env: MutableMapping[str, str] | None = None) -> None:
+    """Point accelerate at the file `requested` read: accelerate opens ACCELERATE_DEEPSPEED_CONFIG_FILE itself, from
+    the current directory, when the trainer builds its DeepSpeed plugin."""
+    env = os.environ if env is None else env
+    given = env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if _flag(env, "ACCELERATE_USE_DEEPSPEED") and given and given.lower() != "none":
+        env["ACCELERATE_DEEPSPEED_CONFIG_FILE"] = str(deepspeed_config_path(given))
+
+
 def _deepspeed_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise TuneloopError(
             f"the launcher's deepspeed_config_file {path} does not exist (from {Path.cwd()}); the shipped profiles "
-            "name configs/deepspeed/*.json relative to the repository root: launch from there"
+            "name configs/deepspeed/*.json, which tuneloop finds in its package from any directory "
+            "(`tuneloop init` copies them next to your recipes)"
         )
     try:
         return json.loads(path.read_text())
