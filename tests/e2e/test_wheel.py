@@ -53,9 +53,9 @@ def installed(tmp_path_factory) -> Path:
         "--no-build-isolation",
         "-w",
         str(dist),
-        str(REPO),
+        str(source),
     ]
-    subprocess.run(build, check=True, capture_output=True, timeout=300)
+    subprocess.run(build, cwd=source, check=True, capture_output=True, timeout=300)
     (wheel,) = dist.glob("tuneloop-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for shipped in (

@@ -198,25 +198,27 @@ def _accounts(n: int) -> list[tuple[str, str]]:
 
 
 @pytest.mark.slow
-def test_fifty_raters_at_once_leave_exactly_their_votes(workspace):
+def test_twenty_five_raters_at_once_leave_exactly_their_votes(workspace):
+    """25 raters voting 20 times each at once. 50 ran here until CI time mattered: the invariants (every
+    acknowledged vote stored once, overlap held, nobody judging an item twice) are the same at half the CPU."""
     from tuneloop.feedback import app, store
     from tuneloop.feedback.simulate import simulate
 
-    _synthetic_campaign("load", items=120, overlap=10)  # 1200 places for 1000 votes: nobody runs dry
-    accounts = _accounts(50)
+    _synthetic_campaign("load", items=60, overlap=10)  # 600 places for 500 votes: nobody runs dry
+    accounts = _accounts(25)
     port = _free_port()
     app.serve("load", port=port, block=False)
     try:
-        refs = {f"describe package {i}": f"tool number {i}" for i in range(120)}
+        refs = {f"describe package {i}": f"tool number {i}" for i in range(60)}
         result = simulate(f"http://127.0.0.1:{port}/", accounts, 20, prefer="reference", noise=0.1, references=refs)
     finally:
         import gradio as gr
 
         gr.close_all()
-    assert result.errors == [] and result.votes == 1000
+    assert result.errors == [] and result.votes == 500
     votes = store.all_votes("load")
-    assert len(votes) == 1000
-    assert len({(v["rater"], v["item_id"]) for v in votes}) == 1000  # nobody judged an item twice
+    assert len(votes) == 500
+    assert len({(v["rater"], v["item_id"]) for v in votes}) == 500  # nobody judged an item twice
     per_item = {}
     for v in votes:
         per_item[v["item_id"]] = per_item.get(v["item_id"], 0) + 1
@@ -226,7 +228,7 @@ def test_fifty_raters_at_once_leave_exactly_their_votes(workspace):
         and store.item_rows("load")[v["item_id"]]["responses"][v["value"]["winner"]]["model"] == "good"
         for v in votes[:200]
     )
-    assert good > 150  # raters preferring the reference picked the good answer (10% noise)
+    assert good > 150  # of the first 200: raters preferring the reference picked the good answer (10% noise)
     print("load:", result.summary())
 
 

@@ -253,6 +253,31 @@ def test_health_and_metrics(endpoint, key):
     assert "vllm:num_requests_running" in metrics  # the engine's own metrics, behind the gateway
 
 
+ENDPOINT_SUITE = """
+name: through-the-gateway
+tasks:
+  - {name: synopsis, data: {source: debian-descriptions, task: synopsis}, split: test, max_rows: 2,
+     metrics: [rougeL], generation: {max_new_tokens: 8}}
+  - {name: synopsis-perplexity, kind: perplexity, data: {source: debian-descriptions, task: synopsis}, split: test}
+"""
+
+
+def test_eval_endpoint_with_a_gateway_key_skips_what_it_cannot_score(endpoint, key, home, tmp_path, monkeypatch):
+    """docs/evaluation.md's `eval --endpoint`, against tuneloop's own gateway, which wants a key."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(ENDPOINT_SUITE)
+    out = tmp_path / "eval"
+    done = _cli(home, "eval", "--endpoint", endpoint.url, "--api-key", key, "--suite", str(suite), "-o", str(out))
+    said = " ".join(done.stdout.split())
+    assert "skipped task synopsis-perplexity (perplexity): it needs token log-probabilities" in said
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    assert model["served_model"] == "svc" and list(model["tasks"]) == ["synopsis"]
+    assert model["tasks"]["synopsis"]["rows"] == 2 and "synopsis-perplexity" in model["skipped"]
+    refused = _cli(home, "eval", "--endpoint", endpoint.url, "--suite", str(suite), check=False)
+    assert refused.returncode == 1 and "401" in refused.stderr  # no key: the gateway's answer, in one line
+
+
 def test_hot_swap_drops_no_request(endpoint, key, home):
     old_engine = endpoint.state()["engine_pid"]
     failures: list[str] = []

@@ -180,16 +180,18 @@ def test_eval_endpoint_scores_a_vllm_server_through_the_cli(server, transformers
     _assert_differences_are_numerical(reference, served, tokenizer)
 
 
-def test_eval_endpoint_refuses_perplexity_before_generating_anything(server, write, tmp_path):
-    suite = write("suite.yaml", SUITE + PERPLEXITY_TASK)
+def test_eval_endpoint_refuses_a_suite_it_cannot_score_before_generating_anything(server, write, tmp_path):
+    """A suite of log-probability tasks only: each is skipped with its reason, then nothing is left (exit 1)."""
+    suite = write("suite.yaml", "name: ppl-only\ntasks:" + PERPLEXITY_TASK)
     out = tmp_path / "out"
     before = server.chat_requests()
     proc = _tuneloop("eval", "--endpoint", server.url, "--model", NAME, "--suite", str(suite), "--output", str(out))
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "synopsis-perplexity (perplexity) needs token log-probabilities" in proc.stderr
-    assert "--backend transformers" in proc.stderr
+    said = " ".join((proc.stdout + proc.stderr).split())
+    assert "skipped task synopsis-perplexity (perplexity): it needs token log-probabilities" in said
+    assert "nothing in this suite can be scored through an endpoint" in said and "--backend transformers" in said
     assert "Traceback" not in proc.stderr
-    assert server.chat_requests() == before, "the generation task ran before the refusal"
+    assert server.chat_requests() == before, "something was generated before the refusal"
     assert not (out / "results.json").exists()
 
 

@@ -4,6 +4,7 @@ and never import the CLI. Heavy imports happen inside the verbs, so `tuneloop --
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -76,7 +77,13 @@ def _root(
     ] = False,
 ) -> None:
     del debug, version  # declared for `--help`: kit.Root takes `--debug` from anywhere before parsing; -V is eager
-    if ctx.invoked_subcommand not in STATELESS and not {"-h", "--help"} & set(sys.argv) and workspace.is_new():
+    explicit = bool(os.environ.get("TUNELOOP_HOME"))  # a workspace named on purpose needs no note
+    if (
+        ctx.invoked_subcommand not in STATELESS
+        and not explicit
+        and not {"-h", "--help"} & set(sys.argv)
+        and workspace.is_new()
+    ):
         kit.err.print(
             f"note: no {workspace.DIRNAME} workspace in {Path.cwd()} or above; this command uses {workspace.home()} "
             "(`tuneloop init DIR` starts a project, TUNELOOP_HOME names a workspace)",

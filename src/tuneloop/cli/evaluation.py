@@ -35,6 +35,15 @@ def eval_(
     endpoint: Annotated[
         str | None, typer.Option("--endpoint", help="Evaluate an OpenAI-compatible server at this URL instead.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="OPENAI_API_KEY",
+            help="Key for --endpoint (a `tuneloop serve` key: `tuneloop serve keys create`). Default: $OPENAI_API_KEY.",
+            show_envvar=False,
+        ),
+    ] = None,
     max_rows: Annotated[int | None, typer.Option("--max-rows", help="Cap every task at N rows.")] = None,
     compare_: Annotated[
         list[Path] | None,
@@ -43,8 +52,8 @@ def eval_(
 ) -> None:
     """Score models on a suite: BLEU/chrF/ROUGE/similarity, classification metrics, perplexity, all with 95% CIs.
 
-    Writes results.json, report.md and report.html. With several models (or --compare A B) it reports each
-    difference with its CI and a paired bootstrap p-value.
+    Writes results.json, report.md and report.html. With several models (or --compare DIR_A --compare DIR_B) it
+    reports each difference with its CI and a paired bootstrap p-value.
     """
     from tuneloop.errors import TuneloopError
 
@@ -54,7 +63,7 @@ def eval_(
             return
         if not suite:
             fail("give --suite (a suite file, a name under configs/eval/, or a recipe)", 2)
-        _evaluate(model or [], suite, output, backend, endpoint, max_rows)
+        _evaluate(model or [], suite, output, backend, endpoint, max_rows, api_key)
     except RecipeError as e:
         for p in e.problems:
             err.print(str(p), markup=False)
@@ -63,7 +72,7 @@ def eval_(
         fail(str(e), 1, e)
 
 
-def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_rows) -> None:
+def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_rows, api_key=None) -> None:
     import time
 
     from tuneloop import workspace
@@ -76,8 +85,15 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
     if not models and not endpoint:
         fail("give --model (or --endpoint URL)", 2)
     loaded = evsuite.load(suite_ref)
+    if not endpoint:  # before a tracking run opens or any data loads
+        from tuneloop.models.refs import check_reference
+
+        for m in models:
+            check_reference(m, Path.cwd())
     if endpoint:
-        specs = [ModelSpec(m, m, endpoint) for m in models] or [ModelSpec("served", "served", endpoint)]
+        specs = [ModelSpec(m, m, endpoint, api_key) for m in models] or [
+            ModelSpec("served", "served", endpoint, api_key)
+        ]
     else:
         specs = [ModelSpec(_label(m, models), m) for m in models]
     out_dir = output or workspace.home() / "evals" / loaded.name / time.strftime("%Y%m%d-%H%M%S")

@@ -71,7 +71,11 @@ def start(
         for p in e.problems:
             err.print(str(p), markup=False)
         raise typer.Exit(2) from None
+    from tuneloop.models.refs import check_reference
+
     try:
+        for ref in models:  # before any engine starts
+            check_reference(ref, Path.cwd())
         code = run(models, cfg, name, say=lambda m: out.print(m, markup=False))
     except ValueError as e:  # a malformed models:/ reference
         fail(str(e), 2, e)

@@ -85,10 +85,12 @@ def _train(
     import torch
 
     from tuneloop.errors import TuneloopError
+    from tuneloop.models.refs import check_reference
     from tuneloop.train import launch
 
     try:  # a launch that would silently train something else stops here, on every rank, before the stack loads
         launch.refuse_impossible(launch.requested(), torch.cuda.is_available())
+        check_reference(recipe.base_model.name, recipe_path.parent)
     except TuneloopError as e:
         fail(str(e), 1, e)
         return

@@ -38,6 +38,10 @@ class ModelSpec:
     label: str  # "base", "fine-tuned", or the reference itself
     ref: str  # model reference, or the served model name with `endpoint`
     endpoint: str | None = None
+    api_key: str | None = None  # for `endpoint`; None: OPENAI_API_KEY, else none
+
+
+ENDPOINT_UNSCORABLE = ("perplexity", "preference")  # need log-probabilities of given text
 
 
 @dataclass
@@ -62,13 +66,18 @@ def evaluate_model(
 
     started = time.perf_counter()
     entry: dict[str, Any] = {"label": spec.label, "ref": spec.ref, "backend": backend, "tasks": {}}
-    if spec.endpoint:
+    if spec.endpoint:  # what an endpoint cannot score is skipped, and said so, before anything is generated
+        reason = (
+            "needs token log-probabilities, which an OpenAI-compatible endpoint does not return for a given text; "
+            "score the checkpoint with --backend transformers"
+        )
         for t in tasks:
-            if t.kind in ("perplexity", "preference"):
-                raise TuneloopError(
-                    f"task {t.task.name} ({t.kind}) needs token log-probabilities, which an OpenAI-compatible "
-                    "endpoint does not return for a given text; evaluate the checkpoint with --backend transformers"
-                )
+            if t.kind in ENDPOINT_UNSCORABLE:
+                say(f"skipped task {t.task.name} ({t.kind}): it {reason}")
+                entry.setdefault("skipped", {})[t.task.name] = f"a {t.kind} task {reason}"
+        tasks = [t for t in tasks if t.kind not in ENDPOINT_UNSCORABLE]
+        if not tasks:
+            raise TuneloopError(f"nothing in this suite can be scored through an endpoint: every task {reason}")
     engine, model, info = open_engine(spec, backend, base_dir, say)
     entry.update(info)
     params = info.get("parameters")
@@ -104,7 +113,7 @@ def open_engine(spec: ModelSpec, backend: str, base_dir: Path, say: Callable[[st
 
     info: dict[str, Any] = {}
     if spec.endpoint:
-        engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref)
+        engine: Any = EndpointBackend(spec.endpoint, None if spec.ref == "served" else spec.ref, spec.api_key)
         info["backend"] = "endpoint"
         info.update(engine.describe())
         return engine, None, info

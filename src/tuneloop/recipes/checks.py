@@ -16,7 +16,7 @@ from tuneloop.cost import load_prices
 from tuneloop.data.sources import columns_for_check, effective_format, local_splits, source_kind
 from tuneloop.errors import TuneloopError
 from tuneloop.models.builtin import BUILTIN_MODELS
-from tuneloop.models.uri import parse_model_uri
+from tuneloop.models.refs import reference_problems as model_ref_problems
 from tuneloop.recipes.data_checks import Found, check_data, module_problems
 
 
@@ -210,31 +210,6 @@ def check_campaign(campaign, base_dir: Path) -> Found:
 def _check_model(recipe: Recipe, base_dir: Path) -> Found:
     ref = recipe.base_model
     return [(("base_model",), msg) for msg in model_ref_problems(ref.name, base_dir)] + _check_template(ref, base_dir)
-
-
-def model_ref_problems(name: str, base_dir: Path) -> list[str]:
-    """What is wrong with a model reference (built-in, directory, hub id, `models:/`), without loading it."""
-
-    if name.startswith("models:/"):
-        try:
-            parse_model_uri(name)
-        except ValueError as e:
-            return [str(e)]
-        return []
-    if name in BUILTIN_MODELS:
-        return []
-    if name.startswith((".", "/", "~")) or (base_dir / name).exists() or Path(name).exists():
-        path = Path(name).expanduser()
-        path = path if path.is_absolute() or path.exists() else base_dir / path
-        if not path.is_dir():
-            return [f"model directory {name!r} does not exist"]
-        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-            return [f"{name!r} has no config.json; is it a Hugging Face checkpoint?"]
-    elif "/" not in name:
-        hint = trainer_fields.closest(name, list(BUILTIN_MODELS))
-        if hint:
-            return [f"unknown built-in model {name!r} (did you mean {hint}?)"]
-    return []
 
 
 def _check_stages(recipe: Recipe, base_dir: Path) -> Found:
