@@ -7,7 +7,6 @@ own `configs/` then wins over the shipped one."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import shutil
 from pathlib import Path
@@ -48,7 +47,7 @@ def init(
     directory = directory.expanduser().resolve()
     written, kept = [], []
     for kind in ("configs", "recipes"):
-        source = getattr(shipped, kind)()
+        source = shipped.root() / kind
         for file in sorted(p for p in source.rglob("*") if p.is_file()):
             target = directory / kind / file.relative_to(source)
             if target.exists() and not force:
@@ -100,11 +99,12 @@ def configs_path(
         print(shipped.configs())
         return
     from tuneloop.config.loader import find_default
+    from tuneloop.config.trainer_fields import closest
 
     found = find_default(name, Path.cwd()) or find_default(f"{name}.json", Path.cwd())
     if found is None:
         names = sorted(str(p.relative_to(shipped.configs()).with_suffix("")) for p in shipped.configs().rglob("*.*"))
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; `tuneloop configs list` shows them all"
+        close = closest(name, names)
+        hint = f"; did you mean {close}?" if close else "; `tuneloop configs list` shows them all"
         fail(f"no config {name!r}{hint}", 2)
     print(found.resolve())

@@ -23,9 +23,8 @@ from tuneloop.config.trainer_fields import closest
 from tuneloop.errors import UsageError
 from tuneloop.models.builtin import BUILTIN_MODELS
 from tuneloop.models.uri import PREFIX, parse_model_uri
+from tuneloop.rundir import SUMMARY
 
-# what the registry grammar accepts after models:/ — written without the prefix it is a lookalike
-_LOOKALIKE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(?:@[A-Za-z0-9_-]+|/\d+)$")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 GRAMMAR = "models:/NAME/VERSION, models:/NAME@ALIAS, a built-in name, a local path or a hub id (org/name)"
@@ -34,10 +33,19 @@ GRAMMAR = "models:/NAME/VERSION, models:/NAME@ALIAS, a built-in name, a local pa
 def _local(name: str, base_dir: Path) -> Path | None:
     """The directory a path-like reference names, if it is one (relative to the recipe or the current directory)."""
     path = Path(name).expanduser()
-    for candidate in (path, base_dir / path) if not path.is_absolute() else (path,):
+    for candidate in (path, base_dir / path):  # base_dir / an absolute path is that path
         if candidate.exists():
             return candidate
     return None
+
+
+def _is_registry_lookalike(name: str) -> bool:
+    """`quickstart@champion`, `quickstart/3`: what the registry grammar accepts after `models:/`, written without it."""
+    try:
+        parse_model_uri(name)  # without the prefix, it needs a version or an alias to parse
+    except ValueError:
+        return False
+    return True
 
 
 def reference_problems(name: str, base_dir: Path) -> list[str]:
@@ -54,10 +62,10 @@ def reference_problems(name: str, base_dir: Path) -> list[str]:
     if local is not None or name.startswith((".", "/", "~")):
         if local is None or not local.is_dir():
             return [f"model directory {name!r} does not exist"]
-        if not any((local / f).is_file() for f in ("config.json", "adapter_config.json", "summary.json")):
+        if not any((local / f).is_file() for f in ("config.json", "adapter_config.json", SUMMARY)):
             return [f"{name!r} holds no model (no config.json or adapter_config.json) and no run summary"]
         return []
-    if _LOOKALIKE.match(name):
+    if _is_registry_lookalike(name):
         return [f"{name!r} is not a model reference; did you mean {PREFIX}{name}? (a registered version)"]
     if "/" not in name and _HUB_NAME.match(name):
         hint = closest(name, list(BUILTIN_MODELS))  # else a hub id without an organisation (gpt2)
