@@ -276,6 +276,7 @@ def test_eval_endpoint_with_a_gateway_key_skips_what_it_cannot_score(endpoint, k
     assert model["tasks"]["synopsis"]["rows"] == 2 and "synopsis-perplexity" in model["skipped"]
     refused = _cli(home, "eval", "--endpoint", endpoint.url, "--suite", str(suite), check=False)
     assert refused.returncode == 1 and "401" in refused.stderr  # no key: the gateway's answer, in one line
+    assert "give --api-key, or set OPENAI_API_KEY" in refused.stderr and "MLflow run" not in refused.stdout
 
 
 def test_hot_swap_drops_no_request(endpoint, key, home):

@@ -196,6 +196,7 @@ def test_endpoint_that_does_not_answer_is_a_clear_error(write, tmp_path):
     result = invoke("eval", "--endpoint", "http://127.0.0.1:9", "--suite", str(suite), "-o", str(tmp_path / "o"))
     assert result.exit_code == 1
     assert "cannot list models at http://127.0.0.1:9/v1/models" in result.output
+    assert "MLflow run" not in result.output and not (tmp_path / "o").exists()  # refused before tracking opens
 
 
 def test_registry_uri_before_the_registry_exists_is_a_clear_error(write, tmp_path):

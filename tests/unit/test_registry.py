@@ -174,7 +174,7 @@ def test_registry_uris_work_for_evaluation_and_as_a_base_model_with_lineage(tiny
     tags = _version("child", "1").tags
     assert tags["tuneloop.parent"] == "parent/1" and tags["tuneloop.kind"] == "adapter"
     lineage = runner.invoke(app, ["registry", "lineage", "child@champion"], env={"COLUMNS": "200"}).output
-    assert lineage.index("child/1") < lineage.index("trained from parent/1") < lineage.index("base model")
+    assert lineage.index("child/1") < lineage.index("trained from models:/parent/1") < lineage.index("base model")
     # the adapter names its base portably and is re-pointed at this machine's copy when materialized
     local = Path(_run("registry", "pull", "models:/child/1").output.strip().splitlines()[-1])
     record = json.loads((local / "tuneloop-model.json").read_text())

@@ -52,6 +52,8 @@ def test_a_command_says_where_it_will_create_a_workspace_and_a_subdirectory_uses
     assert first.exit_code == 0, first.output
     assert f"no .tuneloop workspace in {nowhere} or above" in first.stderr
     assert "tuneloop init" in first.stderr
+    assert not (nowhere / ".tuneloop").exists()  # a look creates nothing
+    (nowhere / ".tuneloop").mkdir()
     quiet = runner.invoke(app, ["registry", "list"])  # the workspace exists now
     assert "no .tuneloop workspace" not in quiet.stderr
     sub = nowhere / "src" / "deeper"
@@ -107,3 +109,14 @@ def test_recipes_anywhere_use_the_shipped_defaults_and_suites(nowhere):
     )
     done = CliRunner().invoke(app, ["validate", "r.yaml"])
     assert done.exit_code == 0, done.output
+
+
+def test_looking_at_an_empty_registry_creates_no_store(nowhere, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["registry", "list"])
+    assert result.exit_code == 0 and "no registered models yet" in result.output
+    result = runner.invoke(app, ["registry", "list", "--json"])
+    assert result.exit_code == 0 and result.stdout.strip().endswith("[]")
+    assert not (nowhere / ".tuneloop").exists()  # no workspace, no mlflow.db made by a look

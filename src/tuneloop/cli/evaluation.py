@@ -90,7 +90,11 @@ def _evaluate(models: list[str], suite_ref: str, output, backend, endpoint, max_
 
         for m in models:
             check_reference(m, Path.cwd())
-    if endpoint:
+    if endpoint:  # reached, and its key accepted, before a tracking run opens
+        from tuneloop.eval.backends import EndpointBackend
+
+        for m in models or [None]:
+            EndpointBackend(endpoint, m, api_key)
         specs = [ModelSpec(m, m, endpoint, api_key) for m in models] or [
             ModelSpec("served", "served", endpoint, api_key)
         ]

@@ -39,6 +39,13 @@ def registry_list(as_json: JsonOpt = False) -> None:
     from tuneloop.registry.views import models, models_table
     from tuneloop.tracking import store
 
+    if not store.exists():  # nothing registered yet, and a look creates no store
+        if as_json:
+            print_json([])
+        else:
+            out.print("no registered models yet: a recipe with `registry:` registers one")
+            out.print(f"store: {store.registry_uri()}")
+        return
     if as_json:
         _registry(lambda: print_json(models(store.client())))
         return
@@ -148,10 +155,10 @@ def _print_decision(decision) -> None:
         print_summary(json.loads((decision.report / RESULTS).read_text()), out)
     if decision.promoted:
         was = f" (was version {decision.previous})" if decision.previous else ""
-        out.print(f"[green]@champion → {decision.name}/{decision.version}[/]{was}: {decision.reason}")
+        out.print(f"[green]@champion → models:/{decision.name}/{decision.version}[/]{was}: {decision.reason}")
     else:
         why = decision.reason.removeprefix("not promoted: ")
-        out.print(f"[yellow]{decision.name}/{decision.version} not promoted[/]: {why}")
+        out.print(f"[yellow]models:/{decision.name}/{decision.version} not promoted[/]: {why}")
     if decision.report:
         out.print(f"report: {decision.report / 'report.html'}")
 

@@ -244,7 +244,10 @@ class EndpointBackend:
         try:
             served = [m.id for m in self.client.models.list().data]
         except Exception as e:  # the openai client raises many connection error types
-            raise TuneloopError(f"cannot list models at {self.url}/models: {e}") from e
+            hint = ""
+            if getattr(e, "status_code", None) in (401, 403):
+                hint = " (give --api-key, or set OPENAI_API_KEY; `tuneloop serve keys create NAME` makes one)"
+            raise TuneloopError(f"cannot list models at {self.url}/models: {e}{hint}") from e
         if model is None:
             if not served:
                 raise TuneloopError(f"{self.url} serves no models")

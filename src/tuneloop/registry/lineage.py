@@ -67,9 +67,9 @@ def tree(uri: ModelUri | str) -> Any:
 
 def _label(mv: Any) -> str:
     if isinstance(mv, _Missing):
-        return f"[bold]{mv.name}/{mv.version}[/] [red](deleted from the registry)[/]"
+        return f"[bold]models:/{mv.name}/{mv.version}[/] [red](deleted from the registry)[/]"
     aliases = " ".join(f"@{a}" for a in sorted(mv.aliases or []))
-    return f"[bold]{mv.name}/{mv.version}[/] {aliases}".rstrip()
+    return f"[bold]models:/{mv.name}/{mv.version}[/] {aliases}".rstrip()
 
 
 def facts(mv: Any) -> list[str]:

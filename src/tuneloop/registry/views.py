@@ -128,7 +128,7 @@ def versions_table(c: Any, name: str) -> Table:
 
 def version_table(c: Any, mv: Any) -> Table:
     model = c.get_registered_model(mv.name)
-    title = f"{mv.name}/{mv.version} {_aliases(model, mv.version)}"
+    title = f"models:/{mv.name}/{mv.version} {_aliases(model, mv.version)}"
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")

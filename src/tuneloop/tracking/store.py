@@ -34,6 +34,13 @@ def registry_uri() -> str:
     return os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri()
 
 
+def exists() -> bool:
+    """False only for a SQLite registry whose file is not there yet: read-only commands (`registry list`) then say
+    there is nothing instead of creating a store."""
+    uri = registry_uri()
+    return not uri.startswith("sqlite:///") or Path(uri[len("sqlite:///") :]).exists()
+
+
 def is_local(uri: str) -> bool:
     return uri.startswith(("sqlite:", "file:", "/"))
 
