@@ -71,8 +71,15 @@ BAD = [
         "expected a number, got '5e-4' (str); the quotes make it text: write learning_rate: 5e-4",
     ),
     ("sft", "max_steps: 1e3", "max_steps", "expected an integer, got 1000.0 (float); write max_steps: 1000"),
+    ("sft", "warmup_ratio: 0.1", "warmup_ratio", "unknown key: transformers 5 removed it: `warmup_steps` takes a"),
+    ("dpo", "max_prompt_length: 512", "max_prompt_length", "unknown key: TRL 1.x removed it from its trainers"),
     ("sft", "bf16: true; fp16: true", "bf16", "bf16 and fp16 are both on; transformers takes one"),
-    ("sft", "lr_scheduler_type: reduce_lr_on_plateau", "lr_scheduler_type", "needs evaluation to read its metric"),
+    (
+        "sft",
+        "lr_scheduler_type: reduce_lr_on_plateau",
+        "lr_scheduler_type",
+        "reduce_lr_on_plateau and greedy read an evaluation metric",
+    ),
     ("dpo", "beta: 0", "beta", "0 must be > 0 (beta scales the preference margin"),
     ("dpo", "beta: -0.1", "beta", "-0.1 must be > 0"),
     ("grpo", "beta: -0.04", "beta", "-0.04 must be >= 0 (beta weighs the KL penalty"),
@@ -115,6 +122,11 @@ GOOD = [
 def test_edge_values_in_range_pass_validate(write, method, args):
     _, result = validate(write, method, args)
     assert result.exit_code == 0, result.output
+
+
+def test_arguments_said_to_be_gone_are_gone_from_every_method():
+    for key in trainer_fields.GONE_ARGS:
+        assert not any(key in trainer_fields.fields(m) for m in trainer_fields.methods()), key
 
 
 def test_every_rule_names_a_field_some_method_has():

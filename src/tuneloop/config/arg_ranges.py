@@ -111,7 +111,10 @@ class Together:
     message: str
 
 
-NEEDS_EVAL = "needs evaluation to read its metric: set eval_strategy: steps (or epoch) and give the stage eval data"
+NEEDS_EVAL = (
+    "reduce_lr_on_plateau and greedy read an evaluation metric, and transformers refuses them without one: "
+    "set eval_strategy: steps (or epoch) and give the stage eval data"
+)
 ONLINE = frozenset({"grpo", "rloo"})
 
 TOGETHER: tuple[Together, ...] = (
@@ -203,16 +206,15 @@ def check(method: str, args: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
 
 
 def reference() -> list[str]:
-    """The table as Markdown lines for docs/recipes.md (the rules are written once, here)."""
+    """The tables as Markdown lines for docs/recipes.md (the rules are written once, here)."""
     lines = ["| argument | allowed | why |", "|---|---|---|"]
     for key, rule in RULES.items():
         per_method = rule if isinstance(rule, dict) else {"": rule}
         for method, r in per_method.items():
             shown = f"`{key}` ({method})" if method else f"`{key}`"
             lines.append(f"| {shown} | {r.bound.says} | {r.why} |")
+    lines += ["", "| arguments | methods | refused when |", "|---|---|---|"]
     for c in TOGETHER:
-        scope = f" ({', '.join(sorted(c.methods))})" if c.methods else ""
-        lines.append(
-            f"| `{c.keys[0]}`{scope} | with {', '.join(f'`{k}`' for k in c.keys[1:]) or 'any value'} | {c.message} |"
-        )
+        names = ", ".join(f"`{k}`" for k in c.keys)
+        lines.append(f"| {names} | {', '.join(sorted(c.methods)) if c.methods else 'all'} | {c.message} |")
     return lines

@@ -57,6 +57,14 @@ MANAGED_ARGS: dict[str, str] = {
     "teacher_model_init_kwargs": "set by tuneloop: the teacher loads with the recipe's `base_model` settings",
 }
 
+# Arguments older recipes and tutorials still use, gone from the installed transformers/TRL, and what to write.
+GONE_ARGS: dict[str, str] = {
+    "warmup_ratio": "transformers 5 removed it: `warmup_steps` takes a fraction in [0, 1) of the total steps "
+    "(warmup_steps: 0.1)",
+    "max_prompt_length": "TRL 1.x removed it from its trainers: `max_length` bounds prompt and completion together "
+    "(`max_completion_length` for methods that generate)",
+}
+
 
 def snapshot() -> dict[str, Any]:
     """Describe every field of every config class in CONFIG_CLASSES (imports TRL; used by the generator)."""
@@ -200,6 +208,9 @@ def check_args(method: str, args: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((key, MANAGED_ARGS[key]))
             continue
         spec = known.get(key)
+        if spec is None and key in GONE_ARGS:
+            problems.append((key, f"unknown key: {GONE_ARGS[key]}"))
+            continue
         if spec is None:
             hint = closest(key, list(known))
             extra = f" (did you mean {hint}?)" if hint else f" ({config_class(method)} has no such field)"
