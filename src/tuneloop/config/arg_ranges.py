@@ -3,8 +3,8 @@
 `trainer_fields` checks names and types from a snapshot of the TRL config classes; a type is not enough:
 `learning_rate: -5.0e-4` is a float, and passes, and the optimizer dies with `ValueError: Invalid learning rate`
 only after the model and the data have loaded. The rules below mirror what `TrainingArguments.__post_init__`,
-the TRL configs' `__post_init__` and torch's optimizers reject (or what is certainly a mistake: a zero learning
-rate trains nothing), each with the reason said to the user. One table, read by `check` and by the generated
+the TRL configs' `__post_init__` and torch's optimizers reject (or what is certainly a mistake: zero epochs
+train nothing), each with the reason said to the user. One table, read by `check` and by the generated
 docs; a unit test builds the real config classes with the edge values each rule lets through, so the table
 cannot drift from the libraries.
 """
@@ -62,7 +62,9 @@ BATCH = "a batch holds at least one example"
 # field -> rule, or method -> rule where the field means different things per method (`beta`). A field listed
 # here that no method of trainer_fields.CONFIG_CLASSES has fails a unit test.
 RULES: dict[str, Rule | dict[str, Rule]] = {
-    "learning_rate": Rule(above(0), "the optimizer rejects a negative rate, and 0 trains nothing"),
+    # 0 stays allowed: it leaves the weights as they start, which quickstart.yaml uses for a challenger the
+    # promotion gate must refuse (`--set stages.sft.args.learning_rate=0`).
+    "learning_rate": Rule(at_least(0), "the optimizer rejects a negative rate; 0 leaves the weights as they start"),
     "num_train_epochs": Rule(above(0), "zero epochs train nothing"),
     "max_steps": Rule(MAX_STEPS, "0 or a negative count trains nothing"),
     "per_device_train_batch_size": Rule(at_least(1), BATCH),

@@ -116,7 +116,7 @@ ARG_RANGES = f"""### Ranges of trainer arguments
 
 Besides names and types, `tuneloop validate` checks the values that transformers, TRL or torch would reject only
 at train time, after the model and data have loaded (a negative learning rate passes `TrainingArguments` and dies
-in the optimizer), and values that certainly train nothing (a learning rate of 0). Each problem says the value,
+in the optimizer), and values that certainly train nothing (zero epochs, a batch of 0). Each problem says the value,
 the allowed range and why, at the line that set it:
 
 ```
