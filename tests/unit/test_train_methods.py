@@ -210,7 +210,7 @@ stages:
 
 ONLINE_BAD = [
     ("num_generations: 3", "must be a multiple of num_generations=3"),
-    ("num_generations: 1", "needs at least 2 samples per prompt"),
+    ("num_generations: 1", "1 must be >= 2"),
     ("{generation_batch_size: 6, num_generations: 4}", "generation_batch_size=6"),
 ]
 

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from tuneloop.config import trainer_fields
+from tuneloop.config import arg_ranges, trainer_fields
 from tuneloop.config.evaluation import EvalSuite
 from tuneloop.config.schema import Recipe
 
@@ -102,11 +102,37 @@ def markdown() -> str:
         parts.append(
             f"`{method}`: the fields of TRL's `{trainer_fields.config_class(method)}` "
             f"({len(fields)} fields, TRL {json.loads(trainer_fields.SNAPSHOT.read_text())['trl_version']}), "
-            "checked by name and type. Managed by tuneloop and refused in recipes: "
+            "checked by name, type and range. Managed by tuneloop and refused in recipes: "
             + ", ".join(f"`{k}`" for k in trainer_fields.MANAGED_ARGS)
             + ". See TRL's documentation for each field's meaning.\n"
         )
+    parts.append(ARG_RANGES)
+    parts += arg_ranges.reference()
     return "\n".join(parts) + "\n"
+
+
+_EXAMPLE = arg_ranges.check("sft", {"learning_rate": -5.0e-4}, {})[0]
+ARG_RANGES = f"""### Ranges of trainer arguments
+
+Besides names and types, `tuneloop validate` checks the values that transformers, TRL or torch would reject only
+at train time, after the model and data have loaded (a negative learning rate passes `TrainingArguments` and dies
+in the optimizer), and values that certainly train nothing (zero epochs, a batch of 0). Each problem says the value,
+the allowed range and why, at the line that set it:
+
+```
+recipes/sft.yaml:11 stages.sft.args.{_EXAMPLE[0]}: {_EXAMPLE[1]}
+```
+
+A number in quotes (`learning_rate: "5e-4"`) is text to YAML and is reported as such, with the unquoted spelling
+to write; `5e-4` without quotes is read as a number (YAML 1.2), and so is `--set stages.sft.args.learning_rate=5e-4`.
+Scheduler, optimizer and strategy names (`lr_scheduler_type`, `optim`, `eval_strategy`, `save_strategy`) must be
+names transformers knows, with the closest one suggested. Arguments removed upstream are answered with what
+replaces them: {"; ".join(f"`{k}`: {v}" for k, v in trainer_fields.GONE_ARGS.items())}.
+
+The rules, from `src/tuneloop/config/arg_ranges.py`; a
+unit test builds the real TRL configs with the values at the edge of each range, so the table follows the
+libraries:
+"""
 
 
 def json_schema() -> str:

@@ -14,6 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config import arg_ranges
+
 SNAPSHOT = Path(__file__).with_name("trainer_fields.json")
 
 # method -> TRL config class ("module:Class" for trl.experimental). A method is added here when its trainer module
@@ -53,6 +55,14 @@ MANAGED_ARGS: dict[str, str] = {
     "fsdp_config": LAUNCHER,
     "teacher_model_name_or_path": "set by tuneloop from the stage's `teacher:` (default: the model it starts from)",
     "teacher_model_init_kwargs": "set by tuneloop: the teacher loads with the recipe's `base_model` settings",
+}
+
+# Arguments older recipes and tutorials still use, gone from the installed transformers/TRL, and what to write.
+GONE_ARGS: dict[str, str] = {
+    "warmup_ratio": "transformers 5 removed it: `warmup_steps` takes a fraction in [0, 1) of the total steps "
+    "(warmup_steps: 0.1)",
+    "max_prompt_length": "TRL 1.x removed it from its trainers: `max_length` bounds prompt and completion together "
+    "(`max_completion_length` for methods that generate)",
 }
 
 
@@ -188,25 +198,51 @@ def _kind_words(spec: dict[str, Any]) -> str:
 
 
 def check_args(method: str, args: dict[str, Any]) -> list[tuple[str, str]]:
-    """Return (key, problem) for every argument the method's TRL config would reject or tuneloop manages."""
+    """Return (key, problem) for every argument the method's TRL config would reject or tuneloop manages: its name,
+    its type, then its value (arg_ranges), so a recipe that validates does not die at train time."""
     known = fields(method)
     problems: list[tuple[str, str]] = []
+    typed: dict[str, Any] = {}  # the arguments whose name and type passed: only these are range-checked
     for key, value in args.items():
         if key in MANAGED_ARGS:
             problems.append((key, MANAGED_ARGS[key]))
             continue
         spec = known.get(key)
+        if spec is None and key in GONE_ARGS:
+            problems.append((key, f"unknown key: {GONE_ARGS[key]}"))
+            continue
         if spec is None:
             hint = closest(key, list(known))
             extra = f" (did you mean {hint}?)" if hint else f" ({config_class(method)} has no such field)"
             problems.append((key, f"unknown key{extra}"))
             continue
         if not _type_ok(value, spec):
-            problems.append((key, f"expected {_kind_words(spec)}, got {value!r} ({type(value).__name__})"))
+            got = f"expected {_kind_words(spec)}, got {value!r} ({type(value).__name__})"
+            problems.append((key, got + _type_hint(key, value, spec)))
             continue
         choices = spec["choices"]
         if choices and isinstance(value, str) and value not in choices and "bool" not in spec["kinds"]:
             hint = closest(value, [str(c) for c in choices])
             tail = f"did you mean {hint!r}?" if hint else "one of " + ", ".join(map(str, choices))
             problems.append((key, f"{value!r} is not a valid choice; {tail}"))
-    return problems
+            continue
+        typed[key] = value
+    defaults = {k: spec["default"] for k, spec in known.items()}
+    return problems + arg_ranges.check(method, typed, defaults)
+
+
+def _type_hint(key: str, value: Any, spec: dict[str, Any]) -> str:
+    """What to write instead, when the value is a number in the wrong clothes: a quoted `"5e-4"` (a string to YAML),
+    or `1e3` for an integer field (a float to YAML)."""
+    kinds = set(spec["kinds"])
+    if isinstance(value, str) and kinds & {"int", "float"}:
+        try:
+            number = float(value)
+        except ValueError:
+            return ""
+        if "float" in kinds or number.is_integer():
+            shown = value if "float" in kinds else str(int(number))
+            return f"; the quotes make it text: write {key}: {shown}"
+    if isinstance(value, float) and "int" in kinds and "float" not in kinds and value.is_integer():
+        return f"; write {key}: {int(value)}"
+    return ""
