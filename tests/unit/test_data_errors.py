@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -276,12 +275,8 @@ def test_offline_hub_dataset_fails_at_once_with_what_to_do(tmp_path, monkeypatch
         "hub dataset 'someorg/some-dataset' is not in the local cache and HF_HUB_OFFLINE=1 (offline)" in result.output
     )
     assert "use a local file" in result.output
-    import datasets  # noqa: F401 - imported before the clock starts: only the check itself is timed
-
-    started = time.monotonic()
-    with pytest.raises(UsageError):
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE=1"):  # the offline branch: no request, no retries
         check_hub_dataset("someorg/some-dataset")
-    assert time.monotonic() - started < 5  # no hub request at all; `datasets` itself took 12 s to fail here
 
 
 def test_hub_check_names_the_datasets_variable_and_the_misspelt_builtin(tmp_path, monkeypatch):
