@@ -368,7 +368,7 @@ def test_inspect_finds_format_problems_with_row_numbers(tmp_path):
     qa = Data(source=str(tmp_path / "qa.jsonl"), format=Format(prompt="{q}", completion="{a}"), eval_split=None)
     report = inspect(Target(qa, tmp_path, None, None), raw_splits(qa, tmp_path), say=lambda _m: None)
     problems = report["splits"]["train"]["problems"]
-    assert problems["empty completion"]["rows"] == [3] and problems["missing q"]["rows"] == [5]
+    assert problems["empty completion"]["rows"] == [3] and problems["missing or null q"]["rows"] == [5]
     chat = Data(source=str(tmp_path / "chat.jsonl"), eval_split=None)
     report = inspect(Target(chat, tmp_path, None, None), raw_splits(chat, tmp_path), say=lambda _m: None)
     problems = report["splits"]["train"]["problems"]

@@ -45,11 +45,13 @@ def validate(
     Exit code 2 when any recipe has a problem; every problem is listed as `file:line key.path: reason`.
     """
     from tuneloop.config.loader import file_kind
-    from tuneloop.recipes import load_recipe, load_suite
+    from tuneloop.config.yamlsource import display_path
+    from tuneloop.recipes import load_recipe, load_suite, recipe_notes
     from tuneloop.sweep.spec import load_sweep
 
     results = []
     for path in recipes:
+        notes: list[str] = []
         try:
             kind = file_kind(path)
             if kind == "suite":
@@ -57,8 +59,9 @@ def validate(
             elif kind == "sweep":
                 load_sweep(path, set_)  # the recipe too, and every searched value against it
             else:
-                load_recipe(path, set_)
-            results.append({"recipe": str(path), "ok": True, "problems": []})
+                recipe = load_recipe(path, set_)
+                notes = recipe_notes(recipe, path.parent)
+            results.append({"recipe": str(path), "ok": True, "problems": [], "notes": notes})
         except RecipeError as e:
             results.append({"recipe": str(path), "ok": False, "problems": [p.as_dict() for p in e.problems]})
             if not as_json:
@@ -66,6 +69,8 @@ def validate(
                     err.print(str(p), markup=False)
         else:
             if not as_json:
+                for note in notes:
+                    out.print(f"note: {display_path(path)} {note}", markup=False, highlight=False)
                 out.print(f"[green]ok[/] {path}")
     if as_json:
         print(json.dumps(results, indent=2))

@@ -141,8 +141,11 @@ def _tokens(ds: Dataset, target: Target, tokenizer: Any, texts: list[str]) -> di
 
 
 def _duplicates(texts: list[str], target: Target) -> dict[str, Any]:
-    exact = dd.exact_clusters(texts)
-    near = dd.near_clusters(texts, target.threshold, target.ngram)
+    """Rows with no text (null or empty fields) are left out: they are format problems (`_problems`), and as one
+    giant 'exact duplicate' cluster they would hide the real duplicates."""
+    kept = [i for i, t in enumerate(texts) if t.strip()]
+    exact = [[kept[j] for j in g] for g in dd.exact_clusters([texts[i] for i in kept])]
+    near = [[kept[j] for j in g] for g in dd.near_clusters([texts[i] for i in kept], target.threshold, target.ngram)]
     n = max(1, len(texts))
     extra_exact = sum(len(g) - 1 for g in exact)
     extra_near = sum(len(g) - 1 for g in near)
@@ -184,7 +187,8 @@ def _overlap(texts: list[str], train: list[str], target: Target) -> dict[str, An
 
 
 def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
-    """Empty or missing fields the format reads, empty completions, chat turns out of order; 1-based rows."""
+    """Null, empty or missing fields the format reads (or, without a format, the TRL columns the rows have),
+    chat turns out of order; 1-based rows."""
 
     found: dict[str, list[int]] = {}
 
@@ -195,18 +199,19 @@ def _problems(ds: Dataset, fmt: Any, target: Target) -> dict[str, Any]:
     if fmt is not None and fmt.prompt:
         fields = list(dict.fromkeys(template_fields(fmt.prompt) + template_fields(fmt.completion or "")))
     target_fields = set(template_fields(fmt.completion or "")) if fmt is not None and fmt.completion else set()
+    if fmt is None:
+        fields = [c for c in ("prompt", "completion", "text", "chosen", "rejected") if c in ds.column_names]
+        target_fields = {"completion"}
     messages = (
         fmt.messages if fmt is not None and fmt.messages else ("messages" if "messages" in ds.column_names else None)
     )
     for i, row in enumerate(ds):
         for col in fields:
             value = row.get(col)
-            if col not in row or value is None:
-                add(f"missing {col}", i)
-            elif isinstance(value, str) and not value.strip():
+            if value is None:  # `datasets` reads a key a row lacks as null: the two cannot be told apart here
+                add(f"missing or null {col}", i)
+            elif (isinstance(value, str) and not value.strip()) or (isinstance(value, list) and not value):
                 add("empty completion" if col in target_fields else f"empty {col}", i)
-        if fmt is None and "completion" in row and not str(row.get("completion") or "").strip():
-            add("empty completion", i)
         if messages and messages in row:
             problem = _turn_problem(row[messages])
             if problem:

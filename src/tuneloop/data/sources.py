@@ -10,22 +10,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.config.schema import Data, Format
+from tuneloop.config.trainer_fields import closest
 from tuneloop.data import builtin
-from tuneloop.errors import TuneloopError
+from tuneloop.data.rows import FALSE_LABELS, TRUE_LABELS, first_unreadable
+from tuneloop.errors import TuneloopError, UsageError
 
 if TYPE_CHECKING:
     from datasets import Dataset
 
 FILE_TYPES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 TRL_COLUMNS = ("messages", "prompt", "completion", "text", "chosen", "rejected", "label")
-TRUE_LABELS = {"true", "1", "yes", "good", "up", "desirable", "thumbs_up", "accept", "accepted"}
-FALSE_LABELS = {"false", "0", "no", "bad", "down", "undesirable", "thumbs_down", "reject", "rejected"}
+# Tried in this order when `eval_split` is left at its default and the source has no `validation` split.
+EVAL_FALLBACKS = ("valid", "val", "dev", "test")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class PreparedData:
     fingerprints: dict[str, str]
     description: str
     prepare: dict[str, Any] | None = None  # fingerprint and per-step counts of `data.prepare`, when it has steps
+    eval_split: str | None = None  # the split `eval` came from: the recipe's, or its stated fallback
 
 
 def source_kind(source: str | dict[str, str], base_dir: Path) -> str:
@@ -49,6 +53,35 @@ def source_kind(source: str | dict[str, str], base_dir: Path) -> str:
     if p.suffix in FILE_TYPES or source.startswith((".", "/", "~")) or (base_dir / p).exists() or p.exists():
         return "files"
     return "hub"
+
+
+def builtin_lookalike(source: str | dict[str, str]) -> str | None:
+    """The built-in dataset a hub-looking source was probably meant to name (`debian-descripions`), else None.
+    A hub id with an organisation (`org/name`) is never one."""
+    if not isinstance(source, str) or "/" in source or source in builtin.names():
+        return None
+    return closest(source, builtin.names())
+
+
+def eval_split_for(spec: Data, splits: list[str]) -> tuple[str | None, str | None]:
+    """The split a stage evaluates on, and a note to print when it is not the one the recipe names.
+
+    An `eval_split` the recipe sets is taken as written (a missing one is an error elsewhere). Left at its
+    default (`validation`) on a source without that split, the first of EVAL_FALLBACKS the source has is used
+    and said; with none, the stage trains without evaluation, and that is said too."""
+    if "eval_split" in spec.model_fields_set or not spec.eval_split or spec.eval_split in splits:
+        return spec.eval_split, None
+    listed = ", ".join(splits)
+    for name in EVAL_FALLBACKS:
+        if name in splits and name != spec.train_split:
+            return name, (
+                f"no {spec.eval_split!r} split (splits: {listed}); evaluating on {name!r} instead "
+                f"(set data.eval_split to choose)"
+            )
+    return None, (
+        f"no {spec.eval_split!r} split (splits: {listed}); the stage trains without evaluation "
+        f"(no eval loss): set data.eval_split, or add a `split` step to data.prepare"
+    )
 
 
 def resolve_file(name: str, base_dir: Path) -> Path:
@@ -163,15 +196,12 @@ def raw_splits(spec: Data, base_dir: Path, cap: int | None = None, only: list[st
 
     kind = source_kind(spec.source, base_dir)
     if kind == "hub":
+        check_hub_dataset(str(spec.source), spec.revision)
         loaded = load_dataset(str(spec.source), spec.subset, revision=spec.revision)
         out = {s: ds for s, ds in loaded.items() if only is None or s in only}
     else:
         files = _split_files(spec, kind, base_dir)
-        out = {
-            s: load_dataset(FILE_TYPES[p.suffix], data_files=str(p), split="train")
-            for s, p in files.items()
-            if only is None or s in only
-        }
+        out = {s: load_file(p) for s, p in files.items() if only is None or s in only}
         if kind == "builtin" and spec.task:
             task = builtin.task(str(spec.source), spec.task)
             if task.labels:
@@ -182,6 +212,81 @@ def raw_splits(spec: Data, base_dir: Path, cap: int | None = None, only: list[st
     if cap:
         out = {s: ds.select(range(min(cap, len(ds)))) for s, ds in out.items()}
     return out
+
+
+def load_file(path: Path) -> Dataset:
+    """One local file as a Dataset. `datasets` names no line when a JSON file is malformed (and an empty .jsonl
+    ends in StopIteration): the file is then read again to say which line, as validate would."""
+    from datasets import load_dataset
+
+    if not path.exists():
+        raise TuneloopError(f"data file {str(path)!r} does not exist")
+    try:
+        ds = load_dataset(FILE_TYPES[path.suffix], data_files=str(path), split="train")
+    except Exception as e:  # re-said with the line when the file is at fault, else raised as it was
+        problem = first_unreadable(path)
+        if problem:
+            raise TuneloopError(f"{problem}; fix or remove that line (tuneloop validate lists every one)") from e
+        raise
+    if len(ds) == 0:
+        raise TuneloopError(f"{path}: no rows (the file is empty)")
+    return ds
+
+
+def _offline_variable() -> str | None:
+    on = ("1", "true", "yes", "on")
+    return next((v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").lower() in on), None)
+
+
+def _dataset_cached(repo_id: str) -> bool:
+    """The hub cache (datasets >= 3 downloads there) or the datasets cache holds something of this dataset."""
+    from datasets import config as ds_config
+    from huggingface_hub import constants
+
+    hub = Path(constants.HF_HUB_CACHE) / f"datasets--{repo_id.replace('/', '--')}"
+    built = Path(ds_config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")
+    return hub.is_dir() or built.is_dir()
+
+
+def check_hub_dataset(repo_id: str, revision: str | None = None) -> None:
+    """Fail at once, saying why and what to do, when a hub dataset cannot be loaded: a misspelt built-in name,
+    offline without a cached copy, no such dataset, or the hub unreachable. Without this, `datasets` retries the
+    hub for tens of seconds and ends in a traceback. Raises UsageError (exit 2)."""
+    hint = builtin_lookalike(repo_id)
+    if hint:
+        raise UsageError(f"unknown dataset {repo_id!r}; did you mean {hint}? (built-in: {', '.join(builtin.names())})")
+    offline = _offline_variable()
+    cached = _dataset_cached(repo_id)
+    if offline:
+        if cached:
+            return
+        raise UsageError(
+            f"hub dataset {repo_id!r} is not in the local cache and {offline}=1 (offline): use a local file "
+            f"(source: data/train.jsonl), or download it where the hub is reachable "
+            f"(`hf download {repo_id} --repo-type dataset`), or unset {offline}"
+        )
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().dataset_info(repo_id, revision=revision, timeout=10)
+    except GatedRepoError:
+        return  # exists; loading asks for a token with the hub's own message
+    except RepositoryNotFoundError:
+        raise UsageError(
+            f"no dataset {repo_id!r} on the Hugging Face hub; a source is a built-in name "
+            f"({', '.join(builtin.names())}), a local file or directory, or a hub id (org/name)"
+        ) from None
+    except Exception as e:  # no network: say so now, not after datasets' retries
+        if cached:
+            raise UsageError(
+                f"cannot reach the Hugging Face hub ({type(e).__name__}); dataset {repo_id!r} is in the local "
+                "cache: set HF_HUB_OFFLINE=1 to use it"
+            ) from None
+        raise UsageError(
+            f"cannot reach the Hugging Face hub to find dataset {repo_id!r} ({type(e).__name__}), and it is not "
+            "in the local cache: use a local file, or download it where the hub is reachable and set HF_HUB_OFFLINE=1"
+        ) from None
 
 
 def source_fingerprint(spec: Data, base_dir: Path) -> str:
@@ -239,8 +344,7 @@ def load_data(
         from tuneloop.data.prepare import SMOKE_PREPARE_ROWS, prepare
 
         prepared = prepare(spec, base_dir, cap=SMOKE_PREPARE_ROWS if smoke else None, say=say)
-        if "eval" in wanted and wanted["eval"] not in prepared.splits and "eval_split" not in spec.model_fields_set:
-            del wanted["eval"]
+        _choose_eval(spec, list(prepared.splits), wanted, say)
         missing = [split for split in wanted.values() if split not in prepared.splits]
         if missing:
             raise TuneloopError(
@@ -249,7 +353,7 @@ def load_data(
             )
         raw = {role: prepared.splits[split] for role, split in wanted.items()}
     else:
-        raw = _load_raw(spec, kind, base_dir, wanted)
+        raw = _load_raw(spec, kind, base_dir, wanted, say)
     fmt = effective_format(spec)
     out: dict[str, Dataset] = {}
     fingerprints = {}
@@ -266,25 +370,38 @@ def load_data(
         fingerprints[wanted[role]] = fingerprint(ds)
     what = f"{spec.source}" + (f" ({spec.task})" if spec.task else "")
     record = {"fingerprint": prepared.fingerprint, "steps": prepared.steps} if prepared else None
-    return PreparedData(out["train"], out.get("eval"), fingerprints, what, record)
+    return PreparedData(out["train"], out.get("eval"), fingerprints, what, record, wanted.get("eval"))
 
 
-def _load_raw(spec: Data, kind: str, base_dir: Path, wanted: dict[str, str]) -> dict[str, Dataset]:
-    from datasets import load_dataset
-
-    explicit_eval = "eval_split" in spec.model_fields_set
-    if kind == "hub":
-        got = {}
-        for role, split in wanted.items():
-            try:
-                got[role] = load_dataset(str(spec.source), spec.subset, split=split, revision=spec.revision)
-            except ValueError:
-                if role == "eval" and not explicit_eval:
-                    continue
-                raise
-        return got
-    if "eval" in wanted and wanted["eval"] not in _split_files(spec, kind, base_dir) and not explicit_eval:
+def _choose_eval(spec: Data, splits: list[str], wanted: dict[str, str], say: Callable[[str], None] | None) -> None:
+    """Point `wanted["eval"]` at the split eval_split_for picks (or drop it), and say why when it is not the
+    recipe's own."""
+    if "eval" not in wanted:
+        return
+    split, note = eval_split_for(spec, splits)
+    if split is None:
         del wanted["eval"]
+    else:
+        wanted["eval"] = split
+    if note and say is not None:
+        say(f"data: {note}")
+
+
+def _load_raw(
+    spec: Data, kind: str, base_dir: Path, wanted: dict[str, str], say: Callable[[str], None] | None = None
+) -> dict[str, Dataset]:
+    from datasets import get_dataset_split_names, load_dataset
+
+    if kind == "hub":
+        check_hub_dataset(str(spec.source), spec.revision)
+        if "eval" in wanted and "eval_split" not in spec.model_fields_set:
+            names = get_dataset_split_names(str(spec.source), spec.subset, revision=spec.revision)
+            _choose_eval(spec, list(names), wanted, say)
+        return {
+            role: load_dataset(str(spec.source), spec.subset, split=split, revision=spec.revision)
+            for role, split in wanted.items()
+        }
+    _choose_eval(spec, list(_split_files(spec, kind, base_dir)), wanted, say)
     loaded = raw_splits(spec, base_dir, only=list(wanted.values()))
     return {role: loaded[split] for role, split in wanted.items()}
 

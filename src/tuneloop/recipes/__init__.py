@@ -14,6 +14,7 @@ from tuneloop.config.feedback import Campaign
 from tuneloop.config.loader import parse_campaign, parse_recipe, parse_suite
 from tuneloop.config.schema import Recipe
 from tuneloop.recipes.checks import check_campaign, check_recipe, check_tasks
+from tuneloop.recipes.checks import recipe_notes as recipe_notes
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, base_dir: Path | None = None) -> Recipe:

@@ -17,7 +17,7 @@ from tuneloop.data.sources import columns_for_check, effective_format, local_spl
 from tuneloop.errors import TuneloopError
 from tuneloop.models.builtin import BUILTIN_MODELS
 from tuneloop.models.refs import reference_problems as model_ref_problems
-from tuneloop.recipes.data_checks import Found, check_data, module_problems
+from tuneloop.recipes.data_checks import Found, check_data, eval_split_notes, module_problems
 
 
 def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
@@ -40,6 +40,20 @@ def check_recipe(recipe: Recipe, base_dir: Path) -> Found:
     if recipe.feedback is not None:
         found += [(("feedback", *loc), msg) for loc, msg in check_campaign(recipe.feedback, base_dir)]
     return found
+
+
+def recipe_notes(recipe: Recipe, base_dir: Path) -> list[str]:
+    """What a valid recipe will do that its author may not expect, as `key.path: note` lines for `validate`:
+    a stage evaluating on a fallback split, or training without evaluation."""
+    notes: list[str] = []
+    seen: set[int] = set()
+    for stage in recipe.stages:
+        data, key = (stage.data, f"stages.{stage.name}.data") if stage.data else (recipe.data, "data")
+        if data is None or id(data) in seen:
+            continue
+        seen.add(id(data))
+        notes += [f"{key}.eval_split: {note}" for note in eval_split_notes(data, base_dir)]
+    return notes
 
 
 def _check_registry(recipe: Recipe) -> Found:

@@ -1,5 +1,6 @@
 """Checks that a data section fits the method that trains on it: the source exists, the split and columns are
-there, the format block has the shape the method reads, and the `prepare` steps make sense.
+there, the format block has the shape the method reads, every row of a local file parses and holds what the
+method trains on, and the `prepare` steps make sense.
 
 Split out of checks.py (recipe-level checks); still no torch here.
 """
@@ -12,8 +13,18 @@ from tuneloop.config import trainer_fields
 from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
 from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
 from tuneloop.config.templates import template_fields
+from tuneloop.config.yamlsource import display_path
 from tuneloop.data import builtin
-from tuneloop.data.sources import FILE_TYPES, columns_of, effective_format, local_splits, source_kind, text_columns
+from tuneloop.data.rows import LABEL, PART, TEXT, TEXT_OR_TURNS, TURNS, first_columns, scan_file
+from tuneloop.data.sources import (
+    FILE_TYPES,
+    builtin_lookalike,
+    effective_format,
+    eval_split_for,
+    local_splits,
+    source_kind,
+    text_columns,
+)
 
 Found = list[tuple[tuple, str]]
 
@@ -81,12 +92,19 @@ def check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bo
         if not files:
             return [((*loc, "source"), f"no {'/'.join(FILE_TYPES)} files in {data.source!r}")]
         splits = list(files)
-        try:
-            columns = columns_of(files.get(data.train_split) or next(iter(files.values())))
-        except (ValueError, OSError) as e:
-            found.append(((*loc, "source"), f"cannot read the first row: {e}"))
-    if data.task and kind != "builtin":
-        found.append(((*loc, "task"), "`task` applies to built-in datasets only"))
+        rows_found, columns = _check_rows(data, loc, files, method)
+        found += rows_found
+    lookalike = builtin_lookalike(data.source) if kind == "hub" else None
+    if lookalike:
+        found.append(((*loc, "source"), f"unknown dataset {data.source!r}; did you mean {lookalike}?"))
+    elif data.task and kind != "builtin":
+        found.append(
+            (
+                (*loc, "task"),
+                f"`task` applies to built-in datasets only ({', '.join(builtin.names())}); this source is "
+                f"{'local files' if kind == 'files' else 'a hub dataset'}: describe its rows with `format:` instead",
+            )
+        )
     if splits is not None:
         if training and data.train_split not in splits:
             found.append(((*loc, "train_split"), f"no split {data.train_split!r}; splits: {', '.join(splits)}"))
@@ -97,6 +115,71 @@ def check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bo
     if data.prepare:
         found += _check_prepare(data, loc, base_dir, columns, splits)
     return found
+
+
+def _check_rows(data: Data, loc: tuple, files: dict[str, Path], method: str) -> tuple[Found, list[str] | None]:
+    """Every row of every file of the source, streamed: problems located as `data/train.jsonl:7: ...` under the
+    recipe key that names the file, at most rows.SHOWN per file; and the training file's columns (None when it
+    has no readable row, so the column checks stay quiet about a file already reported)."""
+    found: Found = []
+    columns: list[str] | None = None
+    train = data.train_split if data.train_split in files else next(iter(files))
+    needs: dict[str, str] = {}
+    for split in sorted(files, key=lambda s: s != train):  # the training file first: its columns set `needs`
+        path = files[split]
+        where = (*loc, "source", split) if isinstance(data.source, dict) else (*loc, "source")
+        shown = display_path(path)
+        try:
+            if split == train:
+                columns = first_columns(path)
+                needs = row_needs(data, method, columns or [])
+            scan = scan_file(path, needs, shown)
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # pyarrow's errors are ValueErrors (ArrowInvalid)
+            found.append((where, f"{shown}: cannot read the file: {e}"))
+            continue
+        if split == train and not scan.rows:
+            columns = None
+        found += [(where, message) for message in scan.messages(shown)]
+    return found, columns
+
+
+def row_needs(data: Data, method: str, columns: list[str]) -> dict[str, str]:
+    """The fields each row must fill for `method`, and with what (rows.TEXT, PART, TEXT_OR_TURNS, TURNS, LABEL): the
+    `format:` templates' columns, else the TRL columns the method reads that the first row has."""
+    if any(isinstance(step, Filter) and step.function for step in data.prepare):
+        return {}  # a user's filter may drop the rows that would fail; the loader still catches what is left
+    fmt = effective_format(data)
+    if fmt is not None:
+        if fmt.messages:
+            return {fmt.messages: TURNS} if fmt.messages in columns else {}
+        needs: dict[str, str] = {}
+        for part in ("prompt", "completion", "chosen", "rejected"):
+            template = getattr(fmt, part) or ""
+            for col in template_fields(template):
+                # a field may be empty beside other text ('{context}\n{question}'); alone, it may not
+                alone = template.strip() == f"{{{col}}}"
+                needs[col] = TEXT if alone or needs.get(col) == TEXT else PART
+        if fmt.label:
+            needs[fmt.label] = LABEL
+        return {c: n for c, n in needs.items() if c in columns}  # a column the file lacks is reported once, above
+    group = next((g for g in METHOD_COLUMNS[method] if set(g) <= set(columns)), ())
+    kinds = {"messages": TURNS, "label": LABEL, "text": TEXT}
+    return {c: kinds.get(c, TEXT_OR_TURNS) for c in group}
+
+
+def eval_split_notes(data: Data, base_dir: Path) -> list[str]:
+    """What `validate` says (without failing) when a stage will not evaluate on the split the recipe names:
+    the stated fallback to `test`/`dev`/`valid`, or training without evaluation."""
+    kind = source_kind(data.source, base_dir)
+    if kind == "builtin":
+        splits = list(builtin.info(str(data.source))["splits"])
+    elif kind == "files":
+        splits = list(local_splits(data.source, base_dir))
+    else:
+        return []  # a hub dataset's splits are known once loaded; the run says the same then
+    if not splits or any(isinstance(step, Split) for step in data.prepare):
+        return []
+    return [note for note in [eval_split_for(data, splits)[1]] if note]
 
 
 def _check_prepare(

@@ -120,7 +120,7 @@ def track_data(ctx: StageContext, stage: Stage, data: Any) -> None:
         return
 
     spec = ctx.recipe.stage_data(stage)
-    for role, ds, split in (("training", data.train, spec.train_split), ("validation", data.eval, spec.eval_split)):
+    for role, ds, split in (("training", data.train, spec.train_split), ("validation", data.eval, data.eval_split)):
         if ds is None or split is None:
             continue
         name = f"{spec.source if isinstance(spec.source, str) else 'files'}" + (f"/{spec.task}" if spec.task else "")
