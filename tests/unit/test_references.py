@@ -13,7 +13,10 @@ from rouge_score import rouge_scorer
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
+from tuneloop.config.evaluation import EvalTask
+from tuneloop.config.schema import Data
 from tuneloop.eval import metrics as M
+from tuneloop.eval.tasks import load_task
 from tuneloop.recipes import load_suite
 
 PREDS = ["the cat is on the mat", "there is a dog in the garden", "birds sing in the morning"]
@@ -142,9 +145,9 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _suite(write, rows=ROWS, *, two: bool = False) -> tuple:
+def _suite(write, rows=ROWS) -> tuple:
     """A suite whose `listed` task keeps the references in `completion`, `column` in a `references` column."""
-    kept = [(p, r[:2] + [r[0]] * (2 - len(r[:2]))) if two else (p, r) for p, r in rows]
+    kept = rows
     listed = write("listed/test.jsonl", _jsonl([{"prompt": p, "completion": r} for p, r in kept]))
     column = write("column/test.jsonl", _jsonl([{"prompt": p, "references": r} for p, r in kept]))
     return write("suite.yaml", SUITE.format(listed=listed.parent, column=column.parent)), kept
@@ -195,37 +198,62 @@ def test_perplexity_scores_the_first_reference(tiny_model, write, tmp_path):
     assert tasks["many"]["metrics"]["perplexity"]["value"] == tasks["first"]["metrics"]["perplexity"]["value"]
 
 
-def test_two_references_on_every_row_say_nrefs_2(tiny_model, write, tmp_path):
-    suite, _ = _suite(write, two=True)
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "-m", str(tiny_model), "--suite", str(suite), "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    metrics = json.loads((out / "results.json").read_text())["models"][0]["tasks"]["listed"]["metrics"]
-    assert metrics["bleu"]["signature"].startswith("nrefs:2|") and metrics["chrf"]["signature"].startswith("nrefs:2|")
+def test_the_models_own_answer_as_second_reference_scores_higher_and_says_nrefs_2(tiny_model, write, tmp_path):
+    """First the first references alone (nrefs:1), then each row with the answer the model gave as its second
+    reference: every metric rises, and the numbers are sacrebleu's for the two streams."""
+    metrics = ["bleu", "chrf", "rougeL", "exact_match"]
+
+    def run(name: str, rows: list[dict]) -> tuple[dict, list[str]]:
+        path = write(f"{name}/test.jsonl", _jsonl(rows))
+        suite = write(
+            f"{name}.yaml",
+            f"name: {name}\ntasks: [{{name: t, data: {{source: {path.parent}}}, split: test, "
+            f"metrics: [{', '.join(metrics)}], generation: {{max_new_tokens: 6}}}}]\n",
+        )
+        out = tmp_path / name
+        result = runner.invoke(app, ["eval", "-m", str(tiny_model), "--suite", str(suite), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        examples = [json.loads(line) for line in next(out.glob("examples-*.jsonl")).open()]
+        return json.loads((out / "results.json").read_text())["models"][0]["tasks"]["t"]["metrics"], [
+            e["prediction"] for e in examples
+        ]
+
+    alone, answers = run("alone", [{"prompt": p, "completion": r[0]} for p, r in ROWS])
+    refs = [[r[0], a] for (_, r), a in zip(ROWS, answers, strict=True)]
+    both, again = run("both", [{"prompt": p, "completion": r} for (p, _), r in zip(ROWS, refs, strict=True)])
+    assert again == answers  # greedy decoding: the same answers
+    assert alone["bleu"]["signature"].startswith("nrefs:1|") and both["bleu"]["signature"].startswith("nrefs:2|")
+    assert both["chrf"]["signature"].startswith("nrefs:2|")
+    assert both["bleu"]["value"] == sacrebleu.corpus_bleu(answers, streams(refs)).score
+    assert both["chrf"]["value"] == sacrebleu.corpus_chrf(answers, streams(refs)).score
+    assert both["exact_match"]["value"] == 100.0
+    for name in ("bleu", "chrf", "exact_match"):  # rougeL: rouge-score's tokenizer drops the random model's dots
+        assert both[name]["value"] > alone[name]["value"], name
 
 
-def test_one_string_a_one_item_list_and_a_references_column_score_the_same_with_nrefs_1(tiny_model, write, tmp_path):
-    """One string per row is scored exactly as before; wrapping it in a list or a `references` column changes
-    nothing (nor does a references column next to a completion, which it replaces)."""
+def test_one_string_a_one_item_list_and_a_references_column_are_the_same_reference(write):
+    """One string per row is read exactly as before ([string]); wrapping it in a list or a `references` column
+    changes nothing (a references column next to a completion replaces it), so neither do the numbers."""
     shapes = {
         "string": [{"prompt": p, "completion": r[0]} for p, r in ROWS],
         "one_item": [{"prompt": p, "completion": r[:1]} for p, r in ROWS],
         "column": [{"prompt": p, "completion": "ignored", "references": r[0]} for p, r in ROWS],
+        "chat": [
+            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": r[0]}]}
+            for p, r in ROWS
+        ],
     }
-    tasks = []
+    preds = ["Paris is the capital", "bonjour", "the sky is blue", "one two"]
+    got = {}
     for name, rows in shapes.items():
         path = write(f"{name}/test.jsonl", _jsonl(rows))
-        tasks.append(
-            f"  - {{name: {name}, data: {{source: {path.parent}}}, split: test, metrics: [bleu, chrf, rougeL]}}"
-        )
-    suite = write("suite.yaml", "name: one\ntasks:\n" + "\n".join(tasks) + "\n")
-    out = tmp_path / "out"
-    result = runner.invoke(app, ["eval", "-m", str(tiny_model), "--suite", str(suite), "-o", str(out)])
-    assert result.exit_code == 0, result.output
-    assert "references a row" not in result.output
-    got = json.loads((out / "results.json").read_text())["models"][0]["tasks"]
-    assert got["string"]["metrics"] == got["one_item"]["metrics"] == got["column"]["metrics"]
-    assert got["string"]["metrics"]["bleu"]["signature"].startswith("nrefs:1|")
+        task = load_task(EvalTask(name=name, data=Data(source=str(path.parent))), None, path.parent)
+        assert task.references == [[r[0]] for _, r in ROWS], name
+        got[name] = M.generation_metrics(preds, task.references, ["bleu", "chrf", "rougeL"], resamples=100)
+    values = {name: [(m.value, m.ci_low, m.ci_high, m.signature) for m in g.values()] for name, g in got.items()}
+    assert values["string"] == values["one_item"] == values["column"] == values["chat"]
+    assert got["string"]["bleu"].value > 0 and got["string"]["bleu"].signature.startswith("nrefs:1|")
+    assert got["string"]["bleu"].value == sacrebleu.corpus_bleu(preds, [[r[0] for _, r in ROWS]]).score
 
 
 @pytest.mark.parametrize(
