@@ -14,6 +14,9 @@ from tuneloop.config.schema import NAME_PATTERN, Data, Section
 from tuneloop.config.trainer_fields import closest
 
 KINDS = ("generation", "classification", "perplexity", "preference")
+# A data column with a row's references (a list of strings, or one): scored instead of the completion, so that
+# rows can carry several references, or references and no completion at all.
+REFERENCES = "references"
 GENERATION_METRICS = (
     "bleu",
     "chrf",

@@ -109,7 +109,11 @@ def run_suite(
         if max_rows:
             t = t.model_copy(update={"max_rows": min(t.max_rows or max_rows, max_rows)})
         rows = load_task(t, suite.default_data, suite.base_dir, suite.smoke)
-        say(f"task {t.name} ({rows.kind}): {len(rows.prompts)} rows of {rows.data['source']} {t.split}")
+        most = max(map(len, rows.references), default=1) if rows.kind != "preference" else 1
+        several = f", up to {most} references a row" if most > 1 else ""
+        if several and rows.kind == "perplexity":
+            several += " (perplexity scores the first)"
+        say(f"task {t.name} ({rows.kind}): {len(rows.prompts)} rows of {rows.data['source']} {t.split}{several}")
         tasks.append(rows)
     runs = []
     with progress_bars() as progress:

@@ -9,7 +9,7 @@ import contextlib
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
-from tuneloop.config.evaluation import METRICS, EvalTask
+from tuneloop.config.evaluation import METRICS, REFERENCES, EvalTask
 from tuneloop.config.schema import ONLINE_METHODS, Data, Recipe
 from tuneloop.config.templates import template_fields
 from tuneloop.cost import load_prices
@@ -145,6 +145,10 @@ def check_tasks(tasks: list, default_data: Data | None, base_dir: Path, loc: tup
             continue
         if task.data is not None:
             shape = "dpo" if task.kind == "preference" else "sft"  # preference tasks read chosen/rejected pairs
+            if shape == "sft" and REFERENCES in (columns_for_check(task.data, base_dir) or []):
+                fmt = effective_format(task.data)
+                if fmt is None or fmt.shape() == "prompt":
+                    shape = "distill"  # a `references` column stands in for the completion: a prompt is enough
             problems = check_data(task.data, (*here, "data"), base_dir, shape, training=False)
             if problems:
                 found += problems
