@@ -31,6 +31,7 @@ PART = "part"  # like TEXT, but may be empty: a template field beside other text
 TEXT_OR_TURNS = "text or turns"  # TRL's prompt/completion/chosen/rejected: a string or a list of chat turns
 TURNS = "turns"  # chat `messages`: a non-empty list of {role, content}
 LABEL = "label"  # a KTO label: a boolean, 1/0 or a word of TRUE_LABELS / FALSE_LABELS
+REFS = "references"  # an evaluation answer: like TEXT_OR_TURNS, or a non-empty list of non-empty strings
 
 
 @dataclass
@@ -136,6 +137,12 @@ def value_problem(value: Any, need: str) -> tuple[str, str] | None:
         if isinstance(value, int | float):
             return None
         return f"is {_kind(value)}", f"is {_kind(value)}; a template field needs text (it would render as {value!r})"
+    if need == REFS and isinstance(value, list) and value and all(isinstance(t, str | type(None)) for t in value):
+        bad = next((j for j, t in enumerate(value) if t is None or not t.strip()), None)
+        if bad is None:
+            return None  # several references: BLEU, chrF and ROUGE use them all
+        why = f"has {value[bad]!r} at {bad + 1}; a list of references holds non-empty strings"
+        return "has an empty reference", why
     if isinstance(value, list) and value and all(isinstance(t, dict) for t in value):
         for j, turn in enumerate(value):
             missing = [k for k in ("role", "content") if k not in turn]
@@ -145,6 +152,9 @@ def value_problem(value: Any, need: str) -> tuple[str, str] | None:
         return None
     if need == TURNS:
         return f"is {_kind(value)}", f"is {_kind(value)}; `messages` is a list of {{role, content}} turns"
+    if need == REFS:
+        why = "it must be a string, a list of {role, content} turns, or a list of reference strings"
+        return f"is {_kind(value)}", f"is {_kind(value)}; {why}"
     return f"is {_kind(value)}", f"is {_kind(value)}; it must be a string or a list of {{role, content}} turns"
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tuneloop.config import trainer_fields
+from tuneloop.config.evaluation import REFERENCES
 from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
 from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
 from tuneloop.config.templates import template_fields
 from tuneloop.config.yamlsource import display_path
 from tuneloop.data import builtin
-from tuneloop.data.rows import LABEL, PART, TEXT, TEXT_OR_TURNS, TURNS, first_columns, scan_file
+from tuneloop.data.rows import LABEL, PART, REFS, TEXT, TEXT_OR_TURNS, TURNS, first_columns, scan_file
 from tuneloop.data.sources import (
     FILE_TYPES,
     builtin_lookalike,
@@ -92,7 +93,7 @@ def check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bo
         if not files:
             return [((*loc, "source"), f"no {'/'.join(FILE_TYPES)} files in {data.source!r}")]
         splits = list(files)
-        rows_found, columns = _check_rows(data, loc, files, method)
+        rows_found, columns = _check_rows(data, loc, files, method, training)
         found += rows_found
     lookalike = builtin_lookalike(data.source) if kind == "hub" else None
     if lookalike:
@@ -117,7 +118,9 @@ def check_data(data: Data, loc: tuple, base_dir: Path, method: str, training: bo
     return found
 
 
-def _check_rows(data: Data, loc: tuple, files: dict[str, Path], method: str) -> tuple[Found, list[str] | None]:
+def _check_rows(
+    data: Data, loc: tuple, files: dict[str, Path], method: str, training: bool = True
+) -> tuple[Found, list[str] | None]:
     """Every row of every file of the source, streamed: problems located as `data/train.jsonl:7: ...` under the
     recipe key that names the file, at most rows.SHOWN per file; and the training file's columns (None when it
     has no readable row, so the column checks stay quiet about a file already reported)."""
@@ -132,7 +135,7 @@ def _check_rows(data: Data, loc: tuple, files: dict[str, Path], method: str) -> 
         try:
             if split == train:
                 columns = first_columns(path)
-                needs = row_needs(data, method, columns or [])
+                needs = row_needs(data, method, columns or [], references=not training)
             scan = scan_file(path, needs, shown)
         except (OSError, UnicodeDecodeError, ValueError) as e:  # pyarrow's errors are ValueErrors (ArrowInvalid)
             found.append((where, f"{shown}: cannot read the file: {e}"))
@@ -143,9 +146,10 @@ def _check_rows(data: Data, loc: tuple, files: dict[str, Path], method: str) -> 
     return found, columns
 
 
-def row_needs(data: Data, method: str, columns: list[str]) -> dict[str, str]:
+def row_needs(data: Data, method: str, columns: list[str], references: bool = False) -> dict[str, str]:
     """The fields each row must fill for `method`, and with what (rows.TEXT, PART, TEXT_OR_TURNS, TURNS, LABEL): the
-    `format:` templates' columns, else the TRL columns the method reads that the first row has."""
+    `format:` templates' columns, else the TRL columns the method reads that the first row has. With `references`
+    (evaluation data) a completion may be a list of several reference answers, and a `references` column is one."""
     if any(isinstance(step, Filter) and step.function for step in data.prepare):
         return {}  # a user's filter may drop the rows that would fail; the loader still catches what is left
     fmt = effective_format(data)
@@ -164,7 +168,10 @@ def row_needs(data: Data, method: str, columns: list[str]) -> dict[str, str]:
         return {c: n for c, n in needs.items() if c in columns}  # a column the file lacks is reported once, above
     group = next((g for g in METHOD_COLUMNS[method] if set(g) <= set(columns)), ())
     kinds = {"messages": TURNS, "label": LABEL, "text": TEXT}
-    return {c: kinds.get(c, TEXT_OR_TURNS) for c in group}
+    if references:
+        kinds["completion"] = REFS
+        group = (*group, *([REFERENCES] if REFERENCES in columns else []))
+    return {c: kinds.get(c, REFS if c == REFERENCES else TEXT_OR_TURNS) for c in group}
 
 
 def eval_split_notes(data: Data, base_dir: Path) -> list[str]:
