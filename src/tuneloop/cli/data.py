@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli.kit import SetOpt, err, fail, load_recipe_or_exit, out
+from tuneloop.cli.kit import SetOpt, err, fail, load_recipe_or_exit, need, out
 
 app = typer.Typer(
     help="Look at data before training on it (`inspect`) and run a recipe's `data.prepare` steps (`prepare`).",
@@ -77,6 +77,7 @@ def inspect_(
 ) -> None:
     """Rows, lengths, truncation, duplicates, train/eval overlap, languages, labels and format problems per split,
     in the terminal and as report.html (plots) and report.json."""
+    need("data", "tuneloop data inspect")
     from tuneloop.data.inspect import inspect
     from tuneloop.data.report import print_report, write_report
     from tuneloop.data.sources import raw_splits

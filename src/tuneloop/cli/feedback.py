@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, out, print_json
+from tuneloop.cli.kit import JsonOpt, err, fail, needs_extra, out, print_json
 
 app = typer.Typer(
     help="Human feedback: campaigns of model answers, raters, agreement and rankings, exports to TRL datasets.",
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 raters_app = typer.Typer(help="Rater accounts of the feedback app (argon2-hashed passwords).", no_args_is_help=True)
 app.add_typer(raters_app, name="raters")
+app.callback()(needs_extra("feedback", "tuneloop feedback"))
 
 CampaignArg = Annotated[str, typer.Argument(help="Campaign name, as `tuneloop feedback list` shows it.")]
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
+from tuneloop import extras
 from tuneloop.config.errors import RecipeError
 from tuneloop.errors import UsageError
 
@@ -85,8 +89,28 @@ def fail(message: str, code: int = 1, cause: BaseException | None = None) -> Non
         raise cause
     if isinstance(cause, UsageError):
         code = 2
-    err.print(f"[red]error:[/] {message}")
+    err.print(f"[red]error:[/] {escape(message)}")  # messages are text: `tuneloop[serve]` is not a style
     raise typer.Exit(code)
+
+
+def need(extra: str, job: str) -> None:
+    """Stop in one line (exit 2) when `extra` is not installed: `tuneloop sweep needs the 'sweep' extra: ...`."""
+    try:
+        extras.need(extra, job)
+    except extras.MissingExtra as e:
+        fail(str(e), 2, e)
+
+
+def needs_extra(extra: str, job: str) -> Callable[[], None]:
+    """A group's callback: every verb of the group needs `extra`, checked before the verb parses or imports
+    anything. `--help` still works without it (typer runs a group's callback before the verb reads `--help`)."""
+
+    def check() -> None:
+        if not {"-h", "--help"} & set(sys.argv[1:]):
+            need(extra, job)
+
+    check.__doc__ = None  # the group's own help stays its help
+    return check
 
 
 def is_main_rank() -> bool:

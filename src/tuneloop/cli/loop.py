@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, fail, implied_verb, load_recipe_or_exit, out, print_json
+from tuneloop.cli.kit import JsonOpt, fail, implied_verb, load_recipe_or_exit, need, out, print_json
 
 app = typer.Typer(
     cls=implied_verb("run"),  # `tuneloop loop RECIPE` is `tuneloop loop run RECIPE`
@@ -31,6 +31,7 @@ def run(
 ) -> None:
     """Run the loop's open round, or start the next one, as far as it goes: campaign → votes → export → retrain →
     evaluate → gate → register → promote. A round interrupted at any step continues from that step."""
+    need("feedback", "tuneloop loop")
     from tuneloop.errors import TuneloopError
     from tuneloop.loop.round import run_round
 

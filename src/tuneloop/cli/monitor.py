@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, load_recipe_or_exit, out, print_json
+from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, load_recipe_or_exit, need, needs_extra, out, print_json
 
 app = typer.Typer(
     cls=implied_verb("check"),  # `tuneloop monitor RECIPE` is `tuneloop monitor check RECIPE`
@@ -20,6 +20,7 @@ app = typer.Typer(
     "from the recipe's `monitor:` section; `history` lists them.",
     no_args_is_help=True,
 )
+app.callback()(needs_extra("monitor", "tuneloop monitor"))
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override a recipe key (`monitor.window.since=2h`).")
 ]
@@ -49,6 +50,8 @@ def check(
     if once and watch:
         fail("--once and --watch exclude each other", 2)
     loaded = load_recipe_or_exit(recipe, set_, "monitor")
+    if loaded.loop is not None and not no_round:
+        need("feedback", f"{recipe}'s `loop:` round (--no-round only checks)")
     try:
         pause = duration_s(interval or loaded.monitor.interval)
     except ValueError as e:

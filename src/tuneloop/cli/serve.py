@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, out, print_json
+from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, needs_extra, out, print_json
 
 app = typer.Typer(
     cls=implied_verb("start"),
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="API keys of the endpoint (salted hashes in the workspace database).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.callback()(needs_extra("serve", "tuneloop serve"))
 
 
 @app.command("start")
@@ -52,8 +53,8 @@ def start(
     dies."""
     from tuneloop.config.errors import RecipeError
     from tuneloop.errors import TuneloopError
-    from tuneloop.serve import run
     from tuneloop.serve.config import load_serve_config
+    from tuneloop.serve.endpoint import run
 
     overrides = {
         "engine": engine,

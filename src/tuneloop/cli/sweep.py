@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tuneloop.cli.kit import JsonOpt, exit_with_problems, fail, implied_verb, out, print_json
+from tuneloop.cli.kit import JsonOpt, exit_with_problems, fail, implied_verb, needs_extra, out, print_json
 from tuneloop.config.errors import RecipeError
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     "Optuna within a budget; `status`, `best`, `report` read a sweep; `worker` joins one from another machine.",
     no_args_is_help=True,
 )
+app.callback()(needs_extra("sweep", "tuneloop sweep"))
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override a recipe key for every trial.")]
 StorageOpt = Annotated[
@@ -93,7 +94,7 @@ def _go(recipe: Path, workers: int, storage: str | None, set_, smoke: bool, hear
             say=lambda m: console.print(m, highlight=False),
         )
     except TuneloopError as e:
-        fail(str(e))
+        fail(str(e), cause=e)
         return
     if not join:
         _show(study, spec.sweep, report=True)

@@ -96,8 +96,10 @@ class Filter(_Step):
     @field_validator("languages")
     @classmethod
     def _iso(cls, value: list[str] | None) -> list[str] | None:
-        from lingua import IsoCode639_1
-
+        try:
+            from lingua import IsoCode639_1
+        except ImportError:  # the `data` extra is missing: validation says so (tuneloop.recipes.data_checks)
+            return [c.lower() for c in value] if value else value
         for code in value or []:
             try:
                 IsoCode639_1.from_str(code.lower())
@@ -219,3 +221,9 @@ def fill_prepare_defaults(recipe: Recipe) -> None:
                 if ref not in against:
                     against.append(ref)
             step.against = against
+
+
+def needs_data_extra(step: Any) -> bool:
+    """Whether a step runs datasketch (MinHash) or lingua, which come with the `data` extra."""
+    near = isinstance(step, Dedup) and step.method == "near"
+    return near or isinstance(step, Decontaminate) or (isinstance(step, Filter) and bool(step.languages))

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuneloop.config.prepare import Decontaminate, Dedup, Filter, Mix, Sample, Split
+from tuneloop import extras
+from tuneloop.config.prepare import Decontaminate, Dedup, Filter, Mix, Sample, Split, needs_data_extra
 from tuneloop.config.schema import Data, ModelRef
 from tuneloop.data import dedup as dd
 from tuneloop.data.sources import effective_format, raw_splits, row_text, source_fingerprint, text_columns, to_trl
@@ -191,6 +192,8 @@ def texts_of(ds: Dataset, spec: Data, columns: list[str] | None) -> list[str]:
 
 
 def run_step(step: Any, splits: dict[str, Any], spec: Data, base_dir: Path) -> tuple[dict[str, Any], dict]:
+    if needs_data_extra(step):
+        extras.need("data", f"the `{step.step}` step of data.prepare")
     handler = {
         Dedup: _dedup,
         Filter: _filter,

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tuneloop import extras
 from tuneloop.config import trainer_fields
 from tuneloop.config.evaluation import REFERENCES
-from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split
+from tuneloop.config.prepare import Decontaminate, Filter, Mix, Split, needs_data_extra
 from tuneloop.config.schema import ONLINE_METHODS, PREFERENCE_METHODS, Data
 from tuneloop.config.templates import template_fields
 from tuneloop.config.yamlsource import display_path
@@ -237,6 +238,8 @@ def _check_prepare(
                     }
                 )
                 found += check_data(other, (*here, "sources", j), base_dir, "sft")
+        if needs_data_extra(step) and extras.missing("data"):
+            found.append((here, f"this step needs the 'data' extra: {extras.hint('data')}"))
         if isinstance(step, Filter) and step.function:
             found += [((*here, "function"), msg) for msg in module_problems(step.function)]
     if known is not None and any(isinstance(s, Split) for s in data.prepare):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tuneloop import extras
 from tuneloop.config.sweep import Sweep, duration_s
 from tuneloop.errors import RunStopped, TuneloopError
 from tuneloop.sweep import budget as B
@@ -308,6 +309,8 @@ def open_storage(url: str, heartbeat_s: int | None = HEARTBEAT_S) -> Any:
 
     warnings.filterwarnings("ignore", category=ExperimentalWarning)  # heartbeats: experimental in name only since 2.8
 
+    if url.startswith("postgresql"):
+        extras.need("postgres", "a postgresql:// sweep storage")
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     kwargs: dict[str, Any] = {}
