@@ -81,6 +81,14 @@ def test_set_parses_yaml_scalars_and_addresses_stage_by_name(write):
     assert recipe.stage("sft").peft.r == 16
 
 
+def test_set_reaches_into_a_base_model_given_as_a_string(write):
+    write("x.jsonl", '{"prompt": "p", "completion": "c"}\n')
+    short = "name: s\nbase_model: my/model\ndata: {source: x.jsonl}\nstages: [{name: sft, method: sft}]\n"
+    recipe = load_recipe(write("s.yaml", short), ["base_model.name=other/model", "base_model.dtype=bfloat16"])
+    assert recipe.base_model.name == "other/model" and recipe.base_model.dtype == "bfloat16"
+    assert load_recipe(write("t.yaml", short), ["base_model=third/model"]).base_model.name == "third/model"
+
+
 def test_set_without_equals_is_an_error(write):
     write("base.yaml", BASE)
     with pytest.raises(RecipeError, match="expected KEY=VALUE"):

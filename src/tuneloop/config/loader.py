@@ -314,8 +314,15 @@ def _apply_override(raw: dict, where: dict[KeyPath, Where], text: str) -> None:
         if last:
             node[part] = value
         else:
+            if isinstance(node.get(part), str) and tuple(path) in SHORTHAND:  # `base_model: NAME` is {name: NAME}
+                node[part] = {SHORTHAND[tuple(path)]: node[part]}
             node = node.setdefault(part, [] if path == ["stages"] else {})
     where[tuple(path)] = (OVERRIDE, 0)
+
+
+# keys whose string value is shorthand for a mapping with one key, so `--set base_model.dtype=bfloat16` works on
+# `base_model: NAME` as it does on `base_model: {name: NAME}`
+SHORTHAND: dict[KeyPath, str] = {("base_model",): "name"}
 
 
 # ---------------------------------------------------------------- messages
