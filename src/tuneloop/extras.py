@@ -3,7 +3,7 @@ the rater app, sweeps, monitoring, data inspection and PostgreSQL stores come wi
 `tuneloop[all]`). A command whose extra is missing stops at its start with one line that names the extra, never a
 traceback from deep inside a library.
 
-`EXTRAS` mirrors pyproject's `[project.optional-dependencies]`; tests/unit/test_extras.py fails when they differ."""
+`EXTRAS` mirrors pyproject's `[project.optional-dependencies]`; tests/e2e/test_extras.py fails when they differ."""
 
 from __future__ import annotations
 
