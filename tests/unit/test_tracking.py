@@ -4,6 +4,7 @@ W&B offline, and the store's first contact from several processes at once."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -190,18 +191,30 @@ def test_eval_is_tracked_as_its_own_run(tiny_recipe, tiny_model):
 
 
 def test_first_contact_from_four_processes_at_once_creates_the_store_once(tmp_path):
+    """Once with no template in the cache (MLflow migrates a new store, which becomes the template), once with it
+    (the new store is a copy): four processes at once find or create one store and one experiment both times."""
     code = (
         "import sys; from tuneloop.tracking import store; c = store.client(); print(store.experiment_id(c, 'shared'))"
     )
-    env = {**__import__("os").environ, "TUNELOOP_HOME": str(tmp_path / "fresh")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        for _ in range(4)
-    ]
-    outs = [p.communicate(timeout=120) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1].decode()[-500:] for o in outs]
-    assert len({o[0].strip() for o in outs}) == 1  # one experiment, found or created by all four
+    cache = tmp_path / "cache"
+    for home in ("fresh", "seeded"):
+        env = {**__import__("os").environ, "TUNELOOP_HOME": str(tmp_path / home), "TUNELOOP_CACHE": str(cache)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(4)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1].decode()[-500:] for o in outs]
+        assert len({o[0].strip() for o in outs}) == 1  # one experiment, found or created by all four
+        assert len(list((cache / "mlflow").glob("empty-store-*.db"))) == 1  # kept from the first store, once
+        c = sqlite3.connect(tmp_path / home / "mlflow.db")
+        (default,) = c.execute("SELECT artifact_location FROM experiments WHERE experiment_id = 0").fetchone()
+        assert c.execute("SELECT COUNT(*) FROM experiments").fetchone()[0] == 2  # Default and 'shared', no leftovers
+        c.close()
+        # MLflow's own migrations put the Default experiment's artifacts under the current directory; a copy of the
+        # template puts them next to its store, as tuneloop's named experiments are
+        assert (default == (tmp_path / home / "mlartifacts" / "0").as_uri()) == (home == "seeded"), default
 
 
 def test_flatten_names_stages_and_tasks_by_name():
