@@ -109,7 +109,7 @@ def test_the_wheel_works_from_an_unrelated_directory(installed, tmp_path):
         return _tuneloop(installed, cwd, home, *args).stdout
 
     assert "ok" in tuneloop("validate", "outside.yaml")  # its defaults and suite resolve inside the package
-    tuneloop("data", "inspect", "debian-descriptions", "--task", "synopsis", "-o", "inspect")
+    tuneloop("data", "inspect", "debian-descriptions", "--task", "synopsis", "--max-rows", "100", "-o", "inspect")
     assert (elsewhere / "inspect" / "report.html").is_file()
     profile = Path(tuneloop("configs", "path", "accelerate/zero3").strip())
     assert profile.is_relative_to(env) and profile.is_file()

@@ -352,6 +352,24 @@ def test_inspect_reports_problems_overlap_labels_and_escapes_html(tmp_path):
     assert "train" in result.output and "report:" in result.output
 
 
+def test_inspect_max_rows_looks_at_a_seeded_sample_and_says_of_how_many(tmp_path):
+    from typer.testing import CliRunner
+
+    from tuneloop.cli import app
+
+    _write_jsonl(tmp_path / "train.jsonl", _rows("train")[:120])
+    _write_jsonl(tmp_path / "test.jsonl", _rows("test")[:30])
+    args = ["data", "inspect", str(tmp_path), "--column", "description", "--tokenizer", "none", "--max-rows", "40"]
+    result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "a")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert report["splits"]["train"]["rows"] == 40 and report["splits"]["test"]["rows"] == 30  # 30 < 40: all
+    assert report["sampled_from"] == {"train": 120}
+    assert "40 of 120" in result.output and "40 of 120" in (tmp_path / "a" / "report.html").read_text()
+    assert CliRunner().invoke(app, [*args, "-o", str(tmp_path / "b")]).exit_code == 0
+    assert json.loads((tmp_path / "b" / "report.json").read_text())["splits"] == report["splits"]  # seeded
+
+
 def test_inspect_finds_format_problems_with_row_numbers(tmp_path):
     from tuneloop.config.schema import Data, Format
     from tuneloop.data.inspect import Target, inspect

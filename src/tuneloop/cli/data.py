@@ -73,6 +73,12 @@ def inspect_(
     ] = None,
     threshold: Annotated[float, typer.Option(help="Jaccard threshold for near duplicates.")] = 0.8,
     raw: Annotated[bool, typer.Option("--raw", help="A recipe's source as it is, without its prepare steps.")] = False,
+    max_rows: Annotated[
+        int | None,
+        typer.Option(
+            "--max-rows", min=1, help="Inspect a seeded random sample of at most this many rows per split (quicker)."
+        ),
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Rows, lengths, truncation, duplicates, train/eval overlap, languages, labels and format problems per split,
@@ -104,7 +110,12 @@ def inspect_(
             prepared_record = {"fingerprint": done.fingerprint, "steps": done.steps}
         else:
             splits = raw_splits(spec.data, spec.base_dir)
+        if max_rows is not None:  # a sample, not the first rows: files are often sorted by source or by label
+            sampled = {k: len(v) for k, v in splits.items() if len(v) > max_rows}
+            splits = {k: v.shuffle(seed=0).select(range(max_rows)) if k in sampled else v for k, v in splits.items()}
         report = inspect(spec, splits, say=lambda m: err.print(m, markup=False))
+        if max_rows is not None:
+            report["sampled_from"] = sampled
     except TuneloopError as e:
         fail(str(e), cause=e)
     if prepared_record:

@@ -25,10 +25,11 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
         overlap = s.get("overlap_with_train")
         langs = s["languages"]
         top = next(iter(langs), "")
+        of = report.get("sampled_from", {}).get(name)
         rows.append(
             [
                 name,
-                str(s["rows"]),
+                str(s["rows"]) + (f" of {of:,}" if of else ""),
                 f"{t.get('p50', 0):.0f} / {t.get('p95', 0):.0f} / {t.get('max', 0)}",
                 _pct((t.get("truncated") or {}).get("share")),
                 _pct(d["exact_share"]),
