@@ -364,3 +364,18 @@ def test_cli_once_json_and_history(monitored):
     plain.write_text(path.read_text().split("monitor:")[0])
     result = runner.invoke(app, ["monitor", str(plain)])
     assert result.exit_code == 2 and "has no `monitor:` section" in result.output
+
+
+def test_a_watch_embeds_each_request_once(monkeypatch):
+    from tuneloop.monitor import reference as R
+
+    embedded: list[str] = []
+    real = R.embed
+    monkeypatch.setattr(R, "embed", lambda texts: embedded.extend(texts) or real(texts))
+    monkeypatch.setattr(R, "_SEEN", {})
+    first = [r["description"] for r in _libraries()[:6]]
+    later = [*first[2:], "a new request about a game", first[3]]  # the window slid; one prompt repeats
+    a, b = R.window_embeddings(first), R.window_embeddings(later)
+    assert embedded == [*first, "a new request about a game"]  # the second check embedded only the new prompt
+    assert b.shape == (6, 384) and np.allclose(b[:4], a[2:]) and np.allclose(b[5], a[3])
+    assert np.allclose(b[4], real(["a new request about a game"])[0], atol=1e-5)

@@ -63,10 +63,10 @@ def run_check(
         ref = R.reference(recipe, recipe_path, monitor, say=say)
         say(f"comparing {len(window.prompts)} request(s) with {len(ref.prompts)} reference row(s): {ref.meta['what']}")
         report["reference"] = {"what": ref.meta["what"], "rows": len(ref.prompts)}
-        say("embedding prompts with all-MiniLM-L6-v2 (the reference's embeddings are cached for later checks)")
+        say("embedding prompts with all-MiniLM-L6-v2 (the reference's, and each request's, are kept for later checks)")
         embedding = D.embedding_drift(
             R.embeddings(ref.prompts),
-            D.embed(window.prompts),
+            R.window_embeddings(window.prompts),
             monitor.drift.embedding_auc,
             monitor.drift.embedding_p_value,
             seed=monitor.seed,

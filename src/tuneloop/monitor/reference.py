@@ -117,6 +117,21 @@ def last_assistant_turn(turns: Any) -> str:
     return answers[-1] if answers else ""
 
 
+_SEEN: dict[str, np.ndarray] = {}  # prompt -> embedding, for the checks of one process (`monitor --watch`)
+SEEN_MAX = 20_000  # ~30 MB of 384-float vectors
+
+
+def window_embeddings(texts: list[str]) -> np.ndarray:
+    """Embeddings of a window's prompts, each prompt embedded once per process: a watch loop's windows overlap
+    (the last hour, every few minutes), so each check embeds only the requests that arrived since the last one."""
+    new = list(dict.fromkeys(t for t in texts if t not in _SEEN))
+    if new:
+        if len(_SEEN) + len(new) > SEEN_MAX:
+            _SEEN.clear()
+        _SEEN.update(zip(new, embed(new), strict=True))
+    return np.stack([_SEEN[t] for t in texts]) if texts else np.zeros((0, 384), dtype=np.float32)
+
+
 def embeddings(texts: list[str]) -> np.ndarray:
     """Embeddings of `texts`, cached on disk by their content: a watch loop re-reads the same reference every
     few minutes, and embedding 2,000 prompts takes a minute on a CPU."""
