@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli.kit import SetOpt, err, fail, load_recipe_or_exit, need, out
+from tuneloop.cli.kit import SetOpt, fail, load_recipe_or_exit, need, out, say_err
+from tuneloop.untrusted import safe, visible
 
 app = typer.Typer(
     help="Look at data before training on it (`inspect`) and run a recipe's `data.prepare` steps (`prepare`).",
@@ -105,7 +106,7 @@ def inspect_(
         if spec.data.prepare:
             from tuneloop.data.prepare import prepare
 
-            done = prepare(spec.data, spec.base_dir, say=lambda m: err.print(m, markup=False))
+            done = prepare(spec.data, spec.base_dir, say=say_err)
             splits = done.splits
             prepared_record = {"fingerprint": done.fingerprint, "steps": done.steps}
         else:
@@ -113,7 +114,7 @@ def inspect_(
         if max_rows is not None:  # a sample, not the first rows: files are often sorted by source or by label
             sampled = {k: len(v) for k, v in splits.items() if len(v) > max_rows}
             splits = {k: v.shuffle(seed=0).select(range(max_rows)) if k in sampled else v for k, v in splits.items()}
-        report = inspect(spec, splits, say=lambda m: err.print(m, markup=False))
+        report = inspect(spec, splits, say=say_err)
         if max_rows is not None:
             report["sampled_from"] = sampled
     except TuneloopError as e:
@@ -123,7 +124,7 @@ def inspect_(
     print_report(report, out)
     out_dir = output or Path.cwd() / "data-reports" / name
     paths = write_report(report, out_dir)
-    out.print(f"report: {paths['html']}  (numbers: {paths['json']})")
+    out.print(f"report: {paths['html']}  (numbers: {paths['json']})", markup=False)
 
 
 def _source_target(target: str, task: str | None):
@@ -137,7 +138,7 @@ def _source_target(target: str, task: str | None):
     kind = source_kind(target, Path())
     if kind == "builtin" and task is None:
         task = next(iter(builtin.info(target)["tasks"]))
-        err.print(f"built-in dataset {target}: task {task} (choose with --task)")
+        say_err(f"built-in dataset {target}: task {task} (choose with --task)")
     try:
         data = Data(source=target, task=task)
     except ValueError as e:
@@ -178,14 +179,16 @@ def prepare_(
     results = []
     for where, data in sections:
         try:
-            done = prepare(data, recipe.parent, say=lambda m: err.print(m, markup=False), use_cache=not no_cache)
+            done = prepare(data, recipe.parent, say=say_err, use_cache=not no_cache)
         except TuneloopError as e:
             fail(f"{where}: {e}", cause=e)
         dest = (output or Path.cwd() / "prepared" / loaded.name) / (where if len(sections) > 1 else "")
         DatasetDict(done.splits).save_to_disk(str(dest))
-        out.print(f"[bold]{where}[/] fingerprint {done.fingerprint}")
+        out.print(f"[bold]{safe(where)}[/] fingerprint {done.fingerprint}")
         for r in done.steps:
-            out.print(f"  {r['index'] + 1}. {describe(r)}", markup=False)
-        out.print(f"  wrote {dest}: " + ", ".join(f"{s} {len(ds)}" for s, ds in done.splits.items()))
+            out.print(visible(f"  {r['index'] + 1}. {describe(r)}"), markup=False)
+        out.print(
+            visible(f"  wrote {dest}: " + ", ".join(f"{s} {len(ds)}" for s, ds in done.splits.items())), markup=False
+        )
         results.append({"section": where, "fingerprint": done.fingerprint, "steps": done.steps, "path": str(dest)})
         (dest / "prepare.json").write_text(json.dumps(results[-1], indent=2) + "\n")

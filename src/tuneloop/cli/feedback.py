@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, needs_extra, out, print_json
+from tuneloop.cli.kit import JsonOpt, err, fail, needs_extra, out, print_json, say
+from tuneloop.untrusted import safe, visible
 
 app = typer.Typer(
     help="Human feedback: campaigns of model answers, raters, agreement and rankings, exports to TRL datasets.",
@@ -38,7 +39,7 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except RecipeError as e:
             for p in e.problems:
-                err.print(str(p), markup=False)
+                err.print(visible(p), markup=False)
             err.print(f"[red]{len(e.problems)} problem(s) in the campaign[/]")
             raise typer.Exit(2) from None
         except TuneloopError as e:
@@ -64,7 +65,7 @@ def validate(path: Annotated[Path, typer.Argument(help="Campaign YAML file.")], 
     if as_json:
         print_json({"file": str(path), "ok": True, "problems": []})
         return
-    out.print(f"[green]ok[/] {path}: campaign {c.name}, {len(c.models)} models, overlap {c.overlap}")
+    out.print(f"[green]ok[/] {safe(path)}: campaign {safe(c.name)}, {len(c.models)} models, overlap {c.overlap}")
 
 
 @app.command("create")
@@ -76,7 +77,7 @@ def create(path: Annotated[Path, typer.Argument(help="Campaign YAML file (config
     from tuneloop.recipes import load_campaign
 
     c = load_campaign(path)
-    campaigns.create(c, path, say=lambda m: out.print(m, markup=False))
+    campaigns.create(c, path, say=say)
     out.print(f"stored in {db.shown_url()}; raters: `tuneloop feedback raters add NAME`")
 
 
@@ -93,7 +94,7 @@ def list_(as_json: JsonOpt = False) -> None:
     if not campaigns:
         out.print("no campaigns yet: `tuneloop feedback create configs/feedback/FILE.yaml` makes one")
     for c in campaigns:
-        out.print(f"{c['name']}  {c['status']}  created {c['created_at']:%Y-%m-%d %H:%M}")
+        out.print(f"{safe(c['name'])}  {c['status']}  created {c['created_at']:%Y-%m-%d %H:%M}")
 
 
 @app.command("status")
@@ -110,26 +111,26 @@ def status(
     if as_json:
         print(json.dumps(_clean(rep), allow_nan=False))
         return
-    out.print(f"[bold]{name}[/]: {rep['items']} items ({rep['gold_items']} gold), {rep['overlap']} raters each")
+    out.print(f"[bold]{safe(name)}[/]: {rep['items']} items ({rep['gold_items']} gold), {rep['overlap']} raters each")
     for task, t in rep["tasks"].items():
-        out.print(f"  {task}: {t['votes']} votes, {t['complete_items']} items complete")
+        out.print(f"  {safe(task)}: {t['votes']} votes, {t['complete_items']} items complete")
     if rep["raters"]:
-        out.print("  votes per rater: " + ", ".join(f"{r} {n}" for r, n in sorted(rep["raters"].items())))
+        out.print("  votes per rater: " + ", ".join(f"{safe(r)} {n}" for r, n in sorted(rep["raters"].items())))
     for key, a in rep.get("agreement", {}).items():
         observed = f", observed {a['observed']:.0%}" if a.get("observed") is not None else ""
-        note = f" — {a['note']}" if a.get("note") else ""
-        out.print(f"  agreement ({key}): Krippendorff's alpha {_ci(a)}{observed}{note}")
+        note = f" — {safe(a['note'])}" if a.get("note") else ""
+        out.print(f"  agreement ({safe(key)}): Krippendorff's alpha {_ci(a)}{observed}{note}")
     if "position_bias" in rep:
         out.print(f"  P(left answer wins): {_ci(rep['position_bias'])}")
     if rep.get("ranking"):
         table = Table("rank", "model", "score [95% CI]", "wins", "losses", "ties", title="Bradley–Terry ranking")
         for r in rep["ranking"]:
             ci = f"{r['score']:.0f} [{r['ci_low']:.0f}, {r['ci_high']:.0f}]"
-            table.add_row(str(r["rank"]), r["name"], ci, str(r["wins"]), str(r["losses"]), str(r["ties"]))
+            table.add_row(str(r["rank"]), safe(r["name"]), ci, str(r["wins"]), str(r["losses"]), str(r["ties"]))
         out.print(table)
     for rater, g in sorted(rep["raters_gold"].items()):
         flag = " [red]flagged[/]" if g["flagged"] else ""
-        out.print(f"  gold {rater}: {g['correct']}/{g['gold_items']} {_ci(g['accuracy'])}{flag}")
+        out.print(f"  gold {safe(rater)}: {g['correct']}/{g['gold_items']} {_ci(g['accuracy'])}{flag}")
 
 
 def _ci(e: dict) -> str:
@@ -164,7 +165,9 @@ def serve(
     from tuneloop.feedback import store
 
     store.campaign(name)  # a clear error before the server starts
-    out.print(f"rater app for {name} at http://{host}:{port} (accounts: tuneloop feedback raters add NAME)")
+    out.print(
+        f"rater app for {name} at http://{host}:{port} (accounts: tuneloop feedback raters add NAME)", markup=False
+    )
     rater_app.serve(name, host, port)
 
 
@@ -175,7 +178,7 @@ def close(name: CampaignArg) -> None:
     from tuneloop.feedback import store
 
     store.close_campaign(name)
-    out.print(f"campaign {name} closed")
+    out.print(f"campaign {safe(name)} closed")
 
 
 @app.command("export")
@@ -193,9 +196,8 @@ def export(
 
     m = run_export(name, fmt, out_dir, include_flagged or None)
     excluded = f"; excluded flagged raters: {', '.join(m['excluded_raters'])}" if m["excluded_raters"] else ""
-    out.print(
-        f"{m['rows']} {fmt} rows from {m['votes_used']} votes → {out_dir} (fingerprint {m['fingerprint']}){excluded}"
-    )
+    done = f"{m['rows']} {fmt} rows from {m['votes_used']} votes → {out_dir} (fingerprint {m['fingerprint']})"
+    out.print(visible(done + excluded), markup=False)
 
 
 @raters_app.command("add")
@@ -215,7 +217,7 @@ def raters_add(
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     store.add_rater(name, password, role)
-    out.print(f"rater {name} added ({role})")
+    out.print(f"rater {safe(name)} added ({safe(role)})")
 
 
 @raters_app.command("list")
@@ -232,7 +234,7 @@ def raters_list(as_json: JsonOpt = False) -> None:
         out.print("no raters yet: `tuneloop feedback raters add NAME` creates one")
     for r in raters:
         state = f"disabled {r['disabled_at']:%Y-%m-%d}" if r["disabled_at"] else "active"
-        out.print(f"{r['name']}  {r['role']}  {state}")
+        out.print(f"{safe(r['name'])}  {safe(r['role'])}  {state}")
 
 
 @raters_app.command("disable")
@@ -242,4 +244,4 @@ def raters_disable(name: Annotated[str, typer.Argument(help="Login name.")]) -> 
     from tuneloop.feedback import store
 
     store.disable_rater(name)
-    out.print(f"rater {name} disabled")
+    out.print(f"rater {safe(name)} disabled")

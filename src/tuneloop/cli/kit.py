@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from typer.core import TyperGroup
 
 from tuneloop import extras
 from tuneloop.config.errors import RecipeError
 from tuneloop.errors import UsageError
+from tuneloop.untrusted import safe, visible
 
 HELP = {"help_option_names": ["-h", "--help"]}
 
@@ -68,6 +68,18 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 state = {"debug": False}
 
+
+def say(message: object) -> None:
+    """A progress line on stdout (a `say=` callback): never markup, control characters written out, since such
+    lines quote model, campaign and data names."""
+    out.print(visible(message), markup=False)
+
+
+def say_err(message: object) -> None:
+    """`say` on stderr, for commands whose stdout is data (`--json`)."""
+    err.print(visible(message), markup=False)
+
+
 SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a recipe key: `stages.sft.args.learning_rate=1e-4` (repeatable)."),
@@ -89,7 +101,8 @@ def fail(message: str, code: int = 1, cause: BaseException | None = None) -> Non
         raise cause
     if isinstance(cause, UsageError):
         code = 2
-    err.print(f"[red]error:[/] {escape(message)}")  # messages are text: `tuneloop[serve]` is not a style
+    # messages are text (`tuneloop[serve]` is not a style) and may quote a client's or a file's words
+    err.print(f"[red]error:[/] {safe(message)}")
     raise typer.Exit(code)
 
 
@@ -121,7 +134,7 @@ def is_main_rank() -> bool:
 def exit_with_problems(e: RecipeError, path: Path) -> None:
     """Every problem as `file:line key: reason`, a count, then exit 2 (what `tuneloop validate` exits with)."""
     for p in e.problems:
-        err.print(str(p), markup=False)
+        err.print(visible(p), markup=False)
     err.print(f"[red]{len(e.problems)} problem(s) in {path}[/]")
     raise typer.Exit(2) from None
 

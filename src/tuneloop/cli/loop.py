@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, fail, implied_verb, load_recipe_or_exit, need, out, print_json
+from tuneloop.cli.kit import JsonOpt, fail, implied_verb, load_recipe_or_exit, need, out, print_json, say
+from tuneloop.untrusted import safe, visible
 
 app = typer.Typer(
     cls=implied_verb("run"),  # `tuneloop loop RECIPE` is `tuneloop loop run RECIPE`
@@ -37,7 +38,7 @@ def run(
 
     loaded = load_recipe_or_exit(recipe, set_, "loop")
     try:
-        rnd = run_round(loaded, recipe, overrides=set_, wait=not no_wait, say=lambda m: out.print(m, markup=False))
+        rnd = run_round(loaded, recipe, overrides=set_, wait=not no_wait, say=say)
     except TuneloopError as e:
         fail(str(e), 1, e)
     _print_round(rnd)
@@ -48,18 +49,18 @@ def run(
 def _print_round(rnd: dict[str, Any]) -> None:
     s = rnd["state"]
     style = STATUS_STYLE.get(rnd["status"], "")
-    out.print(f"round {rnd['number']}: [{style}]{rnd['status']}[/] (next step: {rnd['step']})")
+    out.print(f"round {rnd['number']}: [{style}]{safe(rnd['status'])}[/] (next step: {safe(rnd['step'])})")
     for key in ("campaign", "votes", "agreement", "rows", "version", "decision", "reason", "run_dir"):
         if s.get(key) not in (None, ""):
             value = f"{s[key]:.3f}" if isinstance(s[key], float) else s[key]
-            out.print(f"  {key}: {value}", markup=False)
+            out.print(visible(f"  {key}: {value}"), markup=False)  # a reason may quote a rater or a tag
     for d in s.get("deltas") or []:
         ci = f" (95% CI {d['ci'][0]:+.2f} … {d['ci'][1]:+.2f}, p {d['p_value']:.3g})" if d.get("ci") else ""
-        out.print(f"  {d['task']}/{d['metric']}: {d['b']} − {d['a']} = {d['diff']:+.2f}{ci}", markup=False)
+        out.print(visible(f"  {d['task']}/{d['metric']}: {d['b']} − {d['a']} = {d['diff']:+.2f}{ci}"), markup=False)
     total = (s.get("cost") or {}).get("total") or {}
     if total.get("money") is not None:
         parts = ", ".join(f"{k} {v.get('money', 0):.4g}" for k, v in s["cost"].items() if k != "total" and v)
-        out.print(f"  cost: {total['money']:.4g} {total.get('currency') or ''} ({parts})", markup=False)
+        out.print(visible(f"  cost: {total['money']:.4g} {total.get('currency') or ''} ({parts})"), markup=False)
 
 
 def _name(target: str, overrides: list[str] | None) -> str:
@@ -83,7 +84,7 @@ def status(
 
     rounds = store.history(_name(target, set_))
     if not rounds:
-        out.print(f"no rounds yet for loop {target}: run `tuneloop loop RECIPE`")
+        out.print(f"no rounds yet for loop {safe(target)}: run `tuneloop loop RECIPE`")
         return
     if as_json:
         print_json(rounds[0])
@@ -106,9 +107,9 @@ def history(
         print_json(rounds)
         return
     if not rounds:
-        out.print(f"no rounds yet for loop {name}")
+        out.print(f"no rounds yet for loop {safe(name)}")
         return
-    table = Table(title=f"loop {name}", title_justify="left")
+    table = Table(title=f"loop {safe(name)}", title_justify="left")
     for c in ("round", "started", "status", "step", "campaign", "votes", "rows", "version", "decision"):
         table.add_column(c)
     for r in rounds:
@@ -117,13 +118,13 @@ def history(
         table.add_row(
             str(r["number"]),
             r["started_at"].strftime("%Y-%m-%d %H:%M"),
-            f"[{style}]{r['status']}[/]",
-            r["step"],
-            s.get("campaign", ""),
-            str(s.get("votes", "")),
-            str(s.get("rows", "")),
-            str(s.get("version") or ""),
-            s.get("decision", ""),
+            f"[{style}]{safe(r['status'])}[/]",
+            safe(r["step"]),
+            safe(s.get("campaign", "")),
+            safe(s.get("votes", "")),
+            safe(s.get("rows", "")),
+            safe(s.get("version") or ""),
+            safe(s.get("decision", "")),
         )
     out.print(table)
     from contextlib import suppress
@@ -134,4 +135,4 @@ def history(
 
         moves = [h for h in aliases.history(tracking.client(), rounds[0]["model"]) if h.get("alias") == "champion"]
         if moves:
-            out.print("champion: " + " → ".join(str(h.get("to")) for h in moves))
+            out.print("champion: " + " → ".join(safe(h.get("to")) for h in moves))

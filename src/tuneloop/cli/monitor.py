@@ -12,7 +12,20 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, load_recipe_or_exit, need, needs_extra, out, print_json
+from tuneloop.cli.kit import (
+    JsonOpt,
+    err,
+    fail,
+    implied_verb,
+    load_recipe_or_exit,
+    need,
+    needs_extra,
+    out,
+    print_json,
+    say,
+    say_err,
+)
+from tuneloop.untrusted import safe
 
 app = typer.Typer(
     cls=implied_verb("check"),  # `tuneloop monitor RECIPE` is `tuneloop monitor check RECIPE`
@@ -56,22 +69,25 @@ def check(
         pause = duration_s(interval or loaded.monitor.interval)
     except ValueError as e:
         fail(f"--interval: {e}", 2, e)
-    say = (lambda m: err.print(m, markup=False)) if as_json else (lambda m: out.print(m, markup=False))
+    tell = say_err if as_json else say
     while True:
         try:
-            report = run_check(loaded, recipe, say=say)
+            report = run_check(loaded, recipe, say=tell)
         except TuneloopError as e:
             if not watch:
                 fail(str(e), 1, e)
-            err.print(f"[red]error:[/] {e}")
+            err.print(f"[red]error:[/] {safe(e)}")
             report = None
         if report is not None:
             if as_json:
-                out.print_json(json.dumps({k: v for k, v in report.items() if k != "plots_data"}, default=str))
+                # ASCII only: the report quotes client prompts (most_unlike_reference), and a raw C1 byte would reach
+                # the terminal (JSON escapes C0 characters, not those)
+                report_json = json.dumps({k: v for k, v in report.items() if k != "plots_data"}, default=str)
+                out.print_json(report_json, ensure_ascii=True)
             else:
                 _print(report)
             if loaded.loop is not None and not no_round:
-                _drive_round(loaded, recipe, set_, fired=report["decision"] == "fired", say=say, watch=watch)
+                _drive_round(loaded, recipe, set_, fired=report["decision"] == "fired", say=tell, watch=watch)
         if not watch:
             return
         try:
@@ -94,16 +110,17 @@ def _drive_round(recipe: Any, path: Path, overrides: list[str] | None, *, fired:
     except TuneloopError as e:
         if not watch:
             fail(f"the feedback round: {e}", 1, e)
-        err.print(f"[red]error:[/] the feedback round: {e}")
+        err.print(f"[red]error:[/] the feedback round: {safe(e)}")
         return
     say(f"round {rnd['number']}: {rnd['status']} (next step {rnd['step']})")
 
 
 def _print(report: dict[str, Any]) -> None:
     style = DECISION_STYLE.get(report["decision"], "")
-    out.print(f"[{style}]decision: {report['decision']}[/]" + "".join(f"\n  - {r}" for r in report["reasons"]))
+    reasons = "".join(f"\n  - {safe(r)}" for r in report["reasons"])  # they quote descriptor and rater names
+    out.print(f"[{style}]decision: {safe(report['decision'])}[/]" + reasons)
     if report.get("held_until"):
-        out.print(f"  held by the cooldown until {report['held_until']}")
+        out.print(f"  held by the cooldown until {safe(report['held_until'])}")
     if report["embedding"]:
         e = report["embedding"]
         table = Table(title=f"drift: {len(report['descriptors'])} descriptors and the embeddings", title_justify="left")
@@ -112,17 +129,17 @@ def _print(report: dict[str, Any]) -> None:
         table.add_row("embedding ROC-AUC", "", f"{e['roc_auc']:.3f}", f"{e['p_value']:.2g}", _yes(e["drift"]))
         for d in report["descriptors"]:
             if "skipped" in d:
-                table.add_row(d["descriptor"], "", "", "", f"skipped: {d['skipped']}")
+                table.add_row(safe(d["descriptor"]), "", "", "", f"skipped: {safe(d['skipped'])}")
             else:
                 table.add_row(
-                    d["descriptor"],
+                    safe(d["descriptor"]),
                     _short(d["reference"]),
                     _short(d["window"]),
                     f"{d['p_value']:.2g}",
                     _yes(d["drift"]),
                 )
         out.print(table)
-    out.print(f"report: {report['path']}/report.html")
+    out.print(f"report: {report['path']}/report.html", markup=False)
 
 
 def _yes(flag: bool) -> str:
@@ -130,11 +147,12 @@ def _yes(flag: bool) -> str:
 
 
 def _short(value: Any) -> str:
+    """A descriptor's value as a safe table cell (a dict's keys are what traffic held, e.g. its languages)."""
     if isinstance(value, float):
         return f"{value:.3g}"
     if isinstance(value, dict):
-        return ", ".join(f"{k} {v}" for k, v in list(value.items())[:3])
-    return str(value)
+        return safe(", ".join(f"{k} {v}" for k, v in list(value.items())[:3]))
+    return safe(value)
 
 
 @app.command("history")
@@ -154,9 +172,11 @@ def history(
         print_json(rows)
         return
     if not rows:
-        out.print(f"no checks yet for monitor {monitor_name(loaded)}: run `tuneloop monitor {recipe} --once`")
+        out.print(
+            f"no checks yet for monitor {monitor_name(loaded)}: run `tuneloop monitor {recipe} --once`", markup=False
+        )
         return
-    table = Table(title=f"monitor {monitor_name(loaded)}", title_justify="left")
+    table = Table(title=f"monitor {safe(monitor_name(loaded))}", title_justify="left")
     for c in ("#", "checked", "requests", "ROC-AUC", "drift", "decision", "why"):
         table.add_column(c)
     for r in rows:
@@ -169,7 +189,7 @@ def history(
             str(r["requests"]),
             auc,
             drift,
-            f"[{style}]{r['decision']}[/]",
-            "; ".join(r["reasons"]),
+            f"[{style}]{safe(r['decision'])}[/]",
+            safe("; ".join(r["reasons"])),
         )
     out.print(table)

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from tuneloop.cli.kit import JsonOpt, err, fail, out, print_json
+from tuneloop.cli.kit import JsonOpt, fail, out, print_json, say, say_err
 from tuneloop.rundir import RESULTS
+from tuneloop.untrusted import safe
 
 app = typer.Typer(
     help="The model registry (MLflow): versions, lineage, `@champion`/`@challenger`, promotion through the gate.",
@@ -44,14 +45,14 @@ def registry_list(as_json: JsonOpt = False) -> None:
             print_json([])
         else:
             out.print("no registered models yet: a recipe with `registry:` registers one")
-            out.print(f"store: {store.registry_uri()}")
+            out.print(f"store: {safe(store.registry_uri())}")
         return
     if as_json:
         _registry(lambda: print_json(models(store.client())))
         return
     table = _registry(lambda: models_table(store.client()))
     out.print(table if table.row_count else "no registered models yet: a recipe with `registry:` registers one")
-    out.print(f"store: {store.registry_uri()}")
+    out.print(f"store: {safe(store.registry_uri())}")
 
 
 @app.command("show")
@@ -139,7 +140,7 @@ def registry_promote(
         chosen = evsuite.load(suite) if suite else None
         rules = chosen.gate if chosen and chosen.gate else None  # a suite file has no gate: the version's recipe
         decision = promote(
-            name, version, suite=chosen, rules=rules, force=force, reason=reason, backend=backend, say=out.print
+            name, version, suite=chosen, rules=rules, force=force, reason=reason, backend=backend, say=say
         )
         _print_decision(decision)
         if not decision.promoted and "already the champion" not in decision.reason:
@@ -155,12 +156,15 @@ def _print_decision(decision) -> None:
         print_summary(json.loads((decision.report / RESULTS).read_text()), out)
     if decision.promoted:
         was = f" (was version {decision.previous})" if decision.previous else ""
-        out.print(f"[green]@champion → models:/{decision.name}/{decision.version}[/]{was}: {decision.reason}")
+        out.print(
+            f"[green]@champion → models:/{safe(decision.name)}/{safe(decision.version)}[/]{safe(was)}: "
+            + safe(decision.reason)
+        )
     else:
         why = decision.reason.removeprefix("not promoted: ")
-        out.print(f"[yellow]models:/{decision.name}/{decision.version} not promoted[/]: {why}")
+        out.print(f"[yellow]models:/{safe(decision.name)}/{safe(decision.version)} not promoted[/]: {safe(why)}")
     if decision.report:
-        out.print(f"report: {decision.report / 'report.html'}")
+        out.print(f"report: {decision.report / 'report.html'}", markup=False)
 
 
 @app.command("rollback")
@@ -180,7 +184,7 @@ def registry_pull(ref: RefArg) -> None:
     the directory, which transformers and peft load."""
     from tuneloop.models.registered import materialize
 
-    _registry(lambda: print(materialize(ref, say=err.print)))
+    _registry(lambda: print(materialize(ref, say=say_err)))
 
 
 @app.command("register")
@@ -193,8 +197,8 @@ def registry_register(
     from tuneloop.registry.register import register_existing_run
 
     def run() -> None:
-        reg = register_existing_run(run_dir, say=out.print)
+        reg = register_existing_run(run_dir, say=say)
         again = "" if reg.created else " (already registered: same version)"
-        out.print(f"[bold]registered[/] {reg.uri}{again}")
+        out.print(f"[bold]registered[/] {safe(reg.uri)}{again}")
 
     _registry(run)

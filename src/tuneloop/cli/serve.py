@@ -13,7 +13,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, needs_extra, out, print_json
+from tuneloop.cli.kit import JsonOpt, err, fail, implied_verb, needs_extra, out, print_json, say
+from tuneloop.untrusted import safe, visible
 
 app = typer.Typer(
     cls=implied_verb("start"),
@@ -70,14 +71,14 @@ def start(
         cfg = load_serve_config(config, overrides, engine_arg or [])
     except RecipeError as e:
         for p in e.problems:
-            err.print(str(p), markup=False)
+            err.print(visible(p), markup=False)
         raise typer.Exit(2) from None
     from tuneloop.models.refs import check_reference
 
     try:
         for ref in models:  # before any engine starts
             check_reference(ref, Path.cwd())
-        code = run(models, cfg, name, say=lambda m: out.print(m, markup=False))
+        code = run(models, cfg, name, say=say)
     except ValueError as e:  # a malformed models:/ reference
         fail(str(e), 2, e)
         return
@@ -107,7 +108,7 @@ def keys_create(
     except TuneloopError as e:
         fail(str(e), 2, e)
         return
-    err.print(f"created key {key.id} ({key.name}) in {db.shown_url()}; it is shown once:")
+    err.print(f"created key {key.id} ({safe(key.name)}) in {safe(db.shown_url())}; it is shown once:")
     print(secret)
 
 
@@ -133,15 +134,15 @@ def keys_list(as_json: JsonOpt = False) -> None:
         print_json(rows)
         return
     if not keys:
-        out.print(f"no API keys yet in {db.shown_url()}: `tuneloop serve keys create NAME` makes one")
+        out.print(f"no API keys yet in {safe(db.shown_url())}: `tuneloop serve keys create NAME` makes one")
         return
-    table = Table(title=f"API keys ({db.shown_url()})")
+    table = Table(title=f"API keys ({safe(db.shown_url())})")
     for col in ("id", "name", "requests/min", "created", "by", "status"):
         table.add_column(col)
     for k in keys:
         status = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
         rpm = "server default" if k.rpm is None else ("unlimited" if k.rpm == 0 else str(k.rpm))
-        table.add_row(f"tlk_{k.id}", k.name, rpm, f"{k.created_at:%Y-%m-%d %H:%M}", k.created_by, status)
+        table.add_row(f"tlk_{k.id}", safe(k.name), rpm, f"{k.created_at:%Y-%m-%d %H:%M}", safe(k.created_by), status)
     out.print(table)
 
 
@@ -158,7 +159,7 @@ def keys_revoke(
     except TuneloopError as e:
         fail(str(e), 1, e)
         return
-    out.print(f"revoked tlk_{key.id} ({key.name})")
+    out.print(f"revoked tlk_{key.id} ({safe(key.name)})")
 
 
 @app.command("requests")
@@ -177,9 +178,9 @@ def requests_log(
             print(json.dumps({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in r.items()}))
         return
     if not rows:
-        out.print(f"no requests logged yet in {db.shown_url()}" + (f" for key {key}" if key else ""))
+        out.print(f"no requests logged yet in {db.shown_url()}" + (f" for key {key}" if key else ""), markup=False)
         return
-    table = Table(title=f"requests ({db.shown_url()})")
+    table = Table(title=f"requests ({safe(db.shown_url())})")
     for col in ("time", "key", "model", "endpoint", "status", "latency", "tokens in/out", "prompt", "output"):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -188,8 +189,9 @@ def requests_log(
         table.add_row(
             f"{r['ts']:%H:%M:%S}",
             f"tlk_{r['key_id']}" if r["key_id"] else "-",
-            f"{r['model']}/{r['version']}" if r["version"] else str(r["model"]),
-            r["endpoint"],
+            # the model name is what the client sent (an unknown one is logged too), prompts and outputs are theirs
+            safe(f"{r['model']}/{r['version']}" if r["version"] else r["model"]),
+            safe(r["endpoint"]),
             str(r["status"]),
             f"{r['latency_ms']:.0f} ms",
             f"{r['prompt_tokens']}/{r['completion_tokens']}",
@@ -200,5 +202,6 @@ def requests_log(
 
 
 def _short(text: object, n: int = 60) -> str:
+    """The start of a client's text, safe to print as a table cell."""
     s = "" if text is None else str(text).replace("\n", " ")
-    return s if len(s) <= n else s[: n - 1] + "…"
+    return safe(s if len(s) <= n else s[: n - 1] + "…")

@@ -11,6 +11,7 @@ from typing import Any
 
 from tuneloop.data.prepare import describe
 from tuneloop.plots import PALETTE, plot_style, svg
+from tuneloop.untrusted import safe, visible
 
 
 def _pct(x: float | None) -> str:
@@ -51,7 +52,7 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
 
     console = console or Console(highlight=False)
     unit = next(iter(report["splits"].values()))["tokens"]["unit"] if report["splits"] else "tokens"
-    title = f"{report['source']}" + (f" ({report['task']})" if report.get("task") else "")
+    title = safe(f"{report['source']}" + (f" ({report['task']})" if report.get("task") else ""))
     table = Table(
         title=f"{title}: length in {unit}; near = Jaccard >= {report['near_threshold']}; "
         "in train = exact or near copies of train rows"
@@ -59,18 +60,16 @@ def print_report(report: dict[str, Any], console: Any = None) -> None:
     for h in HEADERS:
         table.add_column(h, justify="left" if h in ("split", "language") else "right")
     for row in summary_rows(report):
-        table.add_row(*row)
+        table.add_row(*map(safe, row))  # split names come from the data's files
     console.print(table)
     for name, s in report["splits"].items():
         for kind, p in s["problems"].items():
             rows = ", ".join(map(str, p["rows"])) + (" ..." if p["count"] > len(p["rows"]) else "")
-            console.print(f"  [yellow]{name}[/]: {p['count']} × {kind} (rows {rows})", markup=True)
+            console.print(f"  [yellow]{safe(name)}[/]: {p['count']} × {safe(kind)} (rows {rows})", markup=True)
         if s.get("labels"):
             counts = s["labels"]["counts"]
-            console.print(
-                f"  {name} labels ({s['labels']['column']}): " + ", ".join(f"{k} {v}" for k, v in counts.items()),
-                markup=False,
-            )
+            line = f"  {name} labels ({s['labels']['column']}): " + ", ".join(f"{k} {v}" for k, v in counts.items())
+            console.print(visible(line), markup=False)  # the labels are the data's values
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
@@ -144,7 +143,7 @@ def _bar_plot(title: str, per_split: dict[str, dict[str, int]], top: int = 10) -
             shares = [100 * counts.get(k, 0) / n for k in keys]
             ys = np.arange(len(keys)) + (i - (len(per_split) - 1) / 2) * bar
             ax.barh(ys, shares, bar * 0.92, color=PALETTE[i % len(PALETTE)], label=name)
-        ax.set_yticks(range(len(keys)), keys)
+        ax.set_yticks(range(len(keys)), [visible(k) for k in keys])  # labels are the data's values
         ax.set_ylim(len(keys) - 0.5, -0.5)
         ax.set_xlabel("share of the split's rows (%)")
         ax.grid(axis="x", alpha=0.3)

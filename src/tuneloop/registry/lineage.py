@@ -9,6 +9,7 @@ from typing import Any
 from tuneloop.errors import TuneloopError
 from tuneloop.models.registered import get_version
 from tuneloop.models.uri import ModelUri
+from tuneloop.untrusted import safe
 
 
 def chain(uri: ModelUri | str) -> list[Any]:
@@ -61,19 +62,20 @@ def tree(uri: ModelUri | str) -> Any:
             if tags.get("tuneloop.base_model_sha256")
             else (f" (commit {digest})" if digest else "")
         )
-        node.add(f"[dim]trained from[/] base model [bold]{base}[/]{extra}")
+        node.add(f"[dim]trained from[/] base model [bold]{safe(base)}[/]{safe(extra)}")
     return root
 
 
 def _label(mv: Any) -> str:
     if isinstance(mv, _Missing):
-        return f"[bold]models:/{mv.name}/{mv.version}[/] [red](deleted from the registry)[/]"
+        return f"[bold]models:/{safe(mv.name)}/{safe(mv.version)}[/] [red](deleted from the registry)[/]"
     aliases = " ".join(f"@{a}" for a in sorted(mv.aliases or []))
-    return f"[bold]models:/{mv.name}/{mv.version}[/] {aliases}".rstrip()
+    return f"[bold]models:/{safe(mv.name)}/{safe(mv.version)}[/] {safe(aliases)}".rstrip()
 
 
 def facts(mv: Any) -> list[str]:
-    """One line per fact registration recorded: recipe, run, code, data fingerprints, gate, metrics, cost."""
+    """One line per fact registration recorded: recipe, run, code, data fingerprints, gate, metrics, cost; as rich
+    markup with the tags' text escaped (`safe`), since anyone with access to MLflow may have written them."""
     tags = mv.tags or {}
     if not tags:
         return []
@@ -104,7 +106,7 @@ def facts(mv: Any) -> list[str]:
     if cost.get("money") is not None:
         hours = cost.get("device_hours") or 0
         lines.append(f"cost {cost['money']:.4g} {cost.get('currency', '')} · {hours:.4g} device-h")
-    return lines
+    return [safe(line) for line in lines]
 
 
 def metric_text(value: list[Any]) -> str:

@@ -1,5 +1,6 @@
 """Tables people read: registered models, the versions of one (aliases, key metrics with CIs, cost, parent),
-one version in full, and the alias history."""
+one version in full, and the alias history. Names, tags, descriptions and reasons are whatever users wrote (into
+MLflow too, not only through tuneloop): each goes through `safe`."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.table import Table
 from tuneloop.models.registered import LOCK_SUFFIX
 from tuneloop.registry import aliases
 from tuneloop.registry.lineage import facts, metric_text
+from tuneloop.untrusted import safe
 
 MAX_METRIC_COLUMNS = 3
 
@@ -23,7 +25,7 @@ def _when(ms: int | None) -> str:
 
 
 def _aliases(model: Any, version: str) -> str:
-    return " ".join(f"@{a}" for a, v in sorted(model.aliases.items()) if str(v) == str(version))
+    return safe(" ".join(f"@{a}" for a, v in sorted(model.aliases.items()) if str(v) == str(version)))
 
 
 def _iso(ms: int | None) -> str | None:
@@ -76,13 +78,13 @@ def models_table(c: Any) -> Table:
         table.add_column(col, justify="right" if col in ("versions", "latest") else "left")
     for m in models(c):
         table.add_row(
-            m["name"],
+            safe(m["name"]),
             str(m["versions"]),
-            str(m["champion"] or "—"),
-            str(m["challenger"] or "—"),
+            safe(m["champion"] or "—"),
+            safe(m["challenger"] or "—"),
             str(m["latest"] or "—"),
             (m["updated"] or "—").replace("T", " ")[:16],
-            m["description"].splitlines()[0][:60] if m["description"] else "",
+            safe(m["description"].splitlines()[0][:60]) if m["description"] else "",
         )
     return table
 
@@ -98,13 +100,13 @@ def versions_table(c: Any, name: str) -> Table:
         metric_names += [k for k in json.loads(tags.get("tuneloop.metrics", "{}")) if k not in metric_names]
     first = [k for k in metric_names if k.rpartition("/")[2] in gated or k in gated]
     shown = (first + [k for k in metric_names if k not in first])[:MAX_METRIC_COLUMNS]
-    table = Table(title=f"{name}: versions (metrics: value [95% CI])", title_justify="left")
+    table = Table(title=f"{safe(name)}: versions (metrics: value [95% CI])", title_justify="left")
     table.add_column("v", justify="right", no_wrap=True)
     table.add_column("aliases", no_wrap=True)
     table.add_column("created", no_wrap=True)
     table.add_column("gate", no_wrap=True)
     for metric in shown:
-        table.add_column(metric, overflow="fold")
+        table.add_column(safe(metric), overflow="fold")
     table.add_column("cost", justify="right")
     table.add_column("parent", no_wrap=True)
     for v in versions:
@@ -113,54 +115,54 @@ def versions_table(c: Any, name: str) -> Table:
         cost = json.loads(tags.get("tuneloop.cost", "{}"))
         money = f"{cost['money']:.2g} {cost.get('currency', '')}" if cost.get("money") is not None else "—"
         gate = tags.get("tuneloop.gate", "—")
-        gate = {"passed": "[green]passed[/]", "failed": "[red]failed[/]"}.get(gate, gate)
+        gate = {"passed": "[green]passed[/]", "failed": "[red]failed[/]"}.get(gate, safe(gate))
         table.add_row(
             str(v.version),
             _aliases(model, v.version),
             _when(v.creation_timestamp)[5:],
             gate,
             *[metric_text(metrics[k]) if k in metrics else "—" for k in shown],
-            money,
-            tags.get("tuneloop.parent", "—"),
+            safe(money),
+            safe(tags.get("tuneloop.parent", "—")),
         )
     return table
 
 
 def version_table(c: Any, mv: Any) -> Table:
     model = c.get_registered_model(mv.name)
-    title = f"models:/{mv.name}/{mv.version} {_aliases(model, mv.version)}"
+    title = f"models:/{safe(mv.name)}/{safe(mv.version)} {_aliases(model, mv.version)}"
     table = Table(title=title, title_justify="left", show_header=False)
     table.add_column("key", style="bold")
     table.add_column("value")
     table.add_row("created", _when(mv.creation_timestamp))
-    table.add_row("source", mv.source)
+    table.add_row("source", safe(mv.source))
     for line in facts(mv):
         key, _, value = line.partition(" ")
-        table.add_row(key, value)
+        table.add_row(key, value)  # facts are safe already
     detail = (mv.tags or {}).get("tuneloop.gate.detail")
     if detail:
-        table.add_row("gate detail", detail)
+        table.add_row("gate detail", safe(detail))
     return table
 
 
 def history_table(c: Any, name: str) -> Table:
-    table = Table(title=f"{name}: alias history (oldest first)", title_justify="left")
+    table = Table(title=f"{safe(name)}: alias history (oldest first)", title_justify="left")
     for col in ("when", "alias", "from", "to", "action", "by"):
         table.add_column(col, no_wrap=True)
     table.add_column("reason / detail", overflow="fold")
     table.add_column("state", no_wrap=True)
     for e in aliases.history(c, name):
-        action = e["action"] + (" [yellow](forced)[/]" if e.get("forced") else "")
+        action = safe(e["action"]) + (" [yellow](forced)[/]" if e.get("forced") else "")
         why = e.get("reason") or e.get("detail") or ""
-        state = e["state"] if e["state"] == "done" else "[red]interrupted (no change)[/]"
+        state = safe(e["state"]) if e["state"] == "done" else "[red]interrupted (no change)[/]"
         table.add_row(
-            e["at"].replace("T", " ").rstrip("Z")[:16],
-            "@" + e["alias"],
-            e["from"] or "—",
-            e["to"] or "—",
+            safe(e["at"].replace("T", " ").rstrip("Z")[:16]),
+            safe("@" + e["alias"]),
+            safe(e["from"] or "—"),
+            safe(e["to"] or "—"),
             action,
-            e["by"],
-            why if len(why) <= 90 else why[:89] + "…",
+            safe(e["by"]),
+            safe(why if len(why) <= 90 else why[:89] + "…"),
             state,
         )
     return table
