@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import pytest
+import typer
+from typer.core import TyperGroup
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
@@ -13,11 +15,25 @@ from tuneloop.cli import app
 runner = CliRunner()
 
 
-VERBS = [[], ["validate"], ["train"], ["run"], ["eval"], ["models"], ["models", "pull"], ["models", "list"]]
-VERBS += [["registry"]] + [["registry", v] for v in ("list", "show", "lineage", "history", "promote", "rollback")]
-VERBS += [["registry", "pull"], ["registry", "register"]]
-VERBS += [["serve"], ["serve", "start"], ["serve", "keys"], ["serve", "requests"]]
-VERBS += [["serve", "keys", v] for v in ("create", "list", "revoke")]
+def _verbs(group: TyperGroup, path: list[str]) -> list[list[str]]:
+    """`path` and every command under it, walked from the real app: a new group or verb cannot be left out."""
+    found = [path]
+    for name, command in group.commands.items():
+        if isinstance(command, TyperGroup):
+            found += _verbs(command, [*path, name])
+        else:
+            found.append([*path, name])
+    return found
+
+
+VERBS = _verbs(typer.main.get_command(app), [])
+
+
+def test_the_walk_finds_every_command_group():
+    groups = {tuple(v) for v in VERBS if len(v) == 1}
+    expected = {"data", "feedback", "sweep", "monitor", "loop", "registry", "serve", "models"}
+    assert {(g,) for g in expected} <= groups
+    assert ["feedback", "raters", "add"] in VERBS and ["serve", "keys", "revoke"] in VERBS
 
 
 @pytest.mark.parametrize("argv", VERBS)

@@ -201,15 +201,20 @@ def test_drifted_traffic_fires_then_the_cooldown_holds_and_everything_is_recorde
     from tuneloop.tracking import store as tracking
 
     path = monitored()
-    _log(_debian(("games", "science"))[:60], prefix="games")
+    games = _debian(("games", "science"))[:60]
+    _log(games, prefix="games")
+    libraries = _libraries()[300:312]  # library traffic the reference did not include: it must not look unlike
+    _log(libraries, prefix="libs")
     first = _check(path)
     assert first["decision"] == "fired", first["reasons"]
     assert first["embedding"]["drift"] and first["embedding"]["roc_auc"] > 0.8
     assert first["reference"] == {"what": "this recipe's training data", "rows": 150}
-    assert (
-        "games" in " ".join(e["prompt"] for e in first["embedding"]["most_unlike_reference"]).lower()
-        or first["embedding"]["most_unlike_reference"]
-    )  # the least library-like prompts are shown
+    # the least library-like prompts shown are games/science ones, most unlike first
+    shown = first["embedding"]["most_unlike_reference"]
+    assert len(shown) == D.EXAMPLES
+    assert {e["prompt"] for e in shown} <= {r["description"][:500] for r in games}
+    assert not {e["prompt"] for e in shown} & {r["description"][:500] for r in libraries}
+    assert [e["score"] for e in shown] == sorted((e["score"] for e in shown), reverse=True)
     second = _check(path)
     assert second["decision"] == "held" and second["reasons"] == first["reasons"]
     assert datetime.fromisoformat(second["held_until"]) > datetime.now(UTC) + timedelta(minutes=55)
@@ -221,7 +226,7 @@ def test_drifted_traffic_fires_then_the_cooldown_holds_and_everything_is_recorde
     html = (Path(first["path"]) / "report.html").read_text()
     assert "Decision: fired" in html and "<svg" in html and "Embedding drift" in html
     saved = json.loads((Path(first["path"]) / "report.json").read_text())
-    assert saved["decision"] == "fired" and saved["window"]["requests"] == 60
+    assert saved["decision"] == "fired" and saved["window"]["requests"] == 72
     client = tracking.client()
     run = client.search_runs(
         [client.get_experiment_by_name("watch").experiment_id], "tags.`tuneloop.monitor` = 'watch'"

@@ -277,4 +277,13 @@ def test_screenshot_script_renders_report_to_png(results, tmp_path):
     html_path = write_reports(results, tmp_path)["html"]
     png = tmp_path / "report.png"
     subprocess.run([sys.executable, REPO / "scripts/screenshot.py", html_path, png, "--width", "1200"], check=True)
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from PIL import Image
+
+    with Image.open(png) as image:
+        image.load()  # decodes the whole file: a truncated or corrupt PNG fails here
+        assert image.format == "PNG" and image.width == 1200  # the viewport asked for (device scale 1)
+        assert image.height > 800  # full_page: the whole report, longer than the viewport
+        gray = image.convert("L")
+        low, high = gray.getextrema()
+        assert high - low > 100  # text on a background, not a blank page
+        assert len(gray.getcolors(maxcolors=256 * 256) or []) > 16  # anti-aliased text and plots, not a flat fill

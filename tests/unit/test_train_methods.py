@@ -72,7 +72,12 @@ def test_method_trains_and_moves_weights(write, tiny_model, method):
         assert config.architectures == ["LlamaForSequenceClassification"] and config.num_labels == 1
         assert any(k.startswith("score") for k in after)
         acc = stage.pairwise_accuracy
-        assert 0 <= acc["value"] <= 1 and acc["ci_low"] <= acc["value"] <= acc["ci_high"] and acc["n"] > 0
+        assert acc["n"] == 4  # every held-out pair (max_eval_rows) is scored, none twice
+        wins = acc["value"] * 2 * acc["n"]  # each pair counts 1 (chosen above rejected), ½ (tie) or 0
+        assert wins == pytest.approx(round(wins)) and 0 <= round(wins) <= 2 * acc["n"]
+        assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
+        # the same held-out pairs were scored before and after training, and the score head's training moved them
+        assert stage.eval_loss_before is not None and stage.eval_loss_after != pytest.approx(stage.eval_loss_before)
     else:
         assert (Path(stage.model_dir) / "tuneloop-train.json").exists()
     if method in ("dpo", "kto"):
@@ -117,7 +122,16 @@ stages:
     (stage,) = result.stages
     assert stage.steps == 2
     assert [r["reward"] for r in stage.rewards] == ["debian_synopsis_rules", "rougeL"]
-    assert 0 <= stage.zero_std_share_mean <= 1
+    # the tied-groups share is the mean and last of what TRL logged at each step (the curves tracked in MLflow)
+    from tuneloop.tracking import store
+
+    c = store.client()
+    runs = c.search_runs([c.get_experiment_by_name(f"tiny-{method}").experiment_id])
+    logged = [m for r in runs for m in c.get_metric_history(r.info.run_id, f"train/{method}/frac_reward_zero_std")]
+    values = [m.value for m in sorted(logged, key=lambda m: m.step)]
+    assert len(values) == 2  # one log per step
+    assert stage.zero_std_share_mean == pytest.approx(sum(values) / 2)
+    assert stage.zero_std_share_last == pytest.approx(values[-1])
     before = load_file(tiny_model / "model.safetensors")
     after = load_file(Path(stage.model_dir) / "model.safetensors")
     assert changed(before, after)

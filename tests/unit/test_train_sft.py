@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -40,6 +41,9 @@ def make_recipe(write, tiny_model: Path, peft: str = LORA, extra: str = "", name
 
 def test_lora_sft_trains_adapter_and_leaves_base_untouched(write, tiny_model, workspace):
     path = make_recipe(write, tiny_model)
+    base_file = tiny_model / "model.safetensors"
+    base_sha = hashlib.sha256(base_file.read_bytes()).hexdigest()
+    base_before = load_file(base_file)
     result = pipeline.run(load_recipe(path), path)
     (stage,) = result.stages
     model_dir = Path(stage.model_dir)
@@ -47,9 +51,12 @@ def test_lora_sft_trains_adapter_and_leaves_base_untouched(write, tiny_model, wo
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b), "LoRA B starts at zero; training must move it"
     assert (model_dir / "tokenizer.json").exists()
-    base = load_file(tiny_model / "model.safetensors")
-    assert not any(k.endswith("q_proj.weight") for k in adapter)
-    assert base  # the base checkpoint on disk is unchanged by construction; the adapter holds the update
+    assert not any(k.endswith("q_proj.weight") for k in adapter)  # the adapter holds the update, not base weights
+    assert hashlib.sha256(base_file.read_bytes()).hexdigest() == base_sha  # the base checkpoint, bit for bit
+    base_after = load_file(base_file)
+    assert base_after.keys() == base_before.keys()
+    assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
+    assert not list(model_dir.glob("model*.safetensors"))  # no second copy of base weights in the run either
     assert stage.steps == 3 and stage.train_tokens > 0 and stage.tokens_per_s > 0
     assert stage.eval_loss_before is not None and stage.eval_loss_after is not None
     assert set(stage.data_fingerprints) == {"train", "validation"}
