@@ -196,6 +196,10 @@ def test_bad_requests_get_openai_errors(endpoint, key):
     # vLLM answers /tokenize without a key: the gateway does not forward it
     status, body = _raw(endpoint, "/tokenize", b'{"model": "svc", "prompt": "x"}', key)
     assert status == 404 and body["error"]["code"] == "not_found"
+    # the engine's own port wants the key only the gateway knows (a local user cannot go around the gateway)
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{endpoint.state()['engine_url']}/v1/models", timeout=10)
+    assert e.value.code == 401
 
 
 def test_keys_rate_limits_and_the_request_log(endpoint, key, home):

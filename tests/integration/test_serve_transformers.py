@@ -1,7 +1,7 @@
 """The transformers engine (`transformers serve`) behind the same gateway, on the tiny model: the endpoint for
 machines where vLLM cannot be installed answers the same routes, streams, names models the same way, refuses
-over-long outputs like vLLM does, and logs requests with token counts the gateway makes itself; applications rate
-the answers they showed (`POST /v1/feedback`) with the key that asked."""
+over-long outputs like vLLM does and over-large bodies with 413, and logs requests with token counts the gateway
+makes itself; applications rate the answers they showed (`POST /v1/feedback`) with the key that asked."""
 
 from __future__ import annotations
 
@@ -39,6 +39,10 @@ def test_transformers_engine_behind_the_gateway(tiny_model, workspace, tmp_path)
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="svc", messages=hello, max_tokens=5)
         assert "starting the transformers engine" in ep.output()
+        over = b"x" * (8 * 1024 * 1024 + 1)  # the default max_body_bytes, through uvicorn, declared and chunked
+        for content in (over, iter([over[: 1 << 20]] * 9)):
+            refused = httpx.post(f"{ep.url}/v1/completions", content=content, timeout=60)
+            assert refused.status_code == 413 and refused.json()["error"]["code"] == "request_too_large"
     finally:
         _kill(ep.proc)
     time.sleep(0.5)
@@ -51,7 +55,7 @@ def test_transformers_engine_behind_the_gateway(tiny_model, workspace, tmp_path)
     )
     ok = [r for r in rows if r[2] == 200]
     assert len(ok) == 3 and all(r[3] and r[4] is not None for r in ok)
-    assert {r[2] for r in rows} == {200, 400, 404} and all(r[6] is None for r in rows)  # --no-auth: no key id
+    assert {r[2] for r in rows} == {200, 400, 404, 413} and all(r[6] is None for r in rows)  # --no-auth: no key id
 
 
 def test_an_application_rates_an_answer_with_the_key_that_asked_for_it(tiny_model, workspace, tmp_path):

@@ -396,3 +396,75 @@ def test_a_client_request_id_too_long_for_the_log_is_replaced() -> None:
     assert client_request_id("x" * 65) is None  # would fail the log's batch insert on PostgreSQL
     assert client_request_id("bad\nid") is None
     assert client_request_id(None) is None
+
+
+def test_each_vllm_engine_has_its_own_key_in_its_environment_never_in_its_command_log_or_serve_json(
+    tmp_path, monkeypatch
+):
+    import hashlib
+    import sys
+
+    from tuneloop.serve.endpoint import _write_state
+
+    monkeypatch.setenv("VLLM_API_KEY", "from-the-users-shell")
+    engine = Engine("vllm", _deployment(tmp_path), ServeConfig(), tmp_path)
+    key = engine.key
+    assert key and len(key) >= 40 and key != Engine("vllm", _deployment(tmp_path), ServeConfig(), tmp_path).key
+    assert key not in " ".join(engine.command())  # /proc/PID/cmdline is readable by every local user
+    assert engine.env()["VLLM_API_KEY"] == key and engine.headers == {"authorization": f"Bearer {key}"}
+    hf = Engine("transformers", _deployment(tmp_path), ServeConfig(), tmp_path)  # `transformers serve` takes no key
+    assert hf.key is None and hf.headers == {} and "VLLM_API_KEY" not in hf.env()
+    with pytest.raises(RecipeError, match=r"engine_env\.VLLM_API_KEY: the gateway"):
+        load_serve_config(None, {"engine_env": {"VLLM_API_KEY": "mine"}}, [])
+
+    # a real child process started the way the engine is, told only a hash of the key to compare with
+    check = (
+        "import hashlib, os, sys; "
+        "print('same key:', hashlib.sha256(os.environ['VLLM_API_KEY'].encode()).hexdigest() == sys.argv[1])"
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    monkeypatch.setattr(Engine, "command", lambda self: [sys.executable, "-c", check, digest])
+    engine.start()
+    assert engine.proc.wait(30) == 0
+    logged = engine.log_path.read_text()
+    assert logged.startswith(f"$ {sys.executable} -c") and "same key: True" in logged and key not in logged
+    _write_state(Gateway(ServeConfig(), engine, None, None), "http://127.0.0.1:8000", tmp_path / "serve.json")
+    assert json.loads((tmp_path / "serve.json").read_text())["engine_pid"] == engine.proc.pid
+    assert key not in (tmp_path / "serve.json").read_text()
+
+
+def test_a_body_over_max_body_bytes_is_a_413_with_or_without_content_length(workspace, tmp_path):
+    import sqlite3
+
+    from starlette.testclient import TestClient
+
+    config = ServeConfig(max_body_bytes=1000)
+    log = RequestLog()
+    engine = Engine("transformers", _deployment(tmp_path), config, tmp_path)  # not started: a body that passes is a 503
+    client = TestClient(Gateway(config, engine, None, log).app())
+
+    def chunked(data: bytes):  # no Content-Length: httpx sends it chunked, the gateway counts as it reads
+        yield from (data[i : i + 300] for i in range(0, len(data), 300))
+
+    big = b'{"model": "m0", "prompt": "' + b"x" * 1000 + b'"}'
+    fits = json.dumps({"model": "m0", "prompt": "hi"}).encode().ljust(1000)  # exactly the limit
+    for path in ("/v1/completions", "/v1/feedback"):
+        for content in (big, chunked(big)):
+            r = client.post(path, content=content)
+            assert r.status_code == 413 and r.json() == {
+                "error": {
+                    "message": r.json()["error"]["message"],
+                    "type": "invalid_request_error",
+                    "param": "body",
+                    "code": "request_too_large",
+                }
+            }
+            assert "at most 1000 bytes (serve config max_body_bytes)" in r.json()["error"]["message"]
+        assert "content-length" not in r.request.headers
+    assert "is 1029 bytes" in client.post("/v1/completions", content=big).json()["error"]["message"]
+    for content in (fits, chunked(fits)):
+        r = client.post("/v1/completions", content=content)
+        assert r.status_code == 503 and "engine is not running" in r.json()["error"]["message"]
+    log.close()
+    statuses = sqlite3.connect(workspace / "tuneloop.db").execute("select status from requests").fetchall()
+    assert sorted(s for (s,) in statuses) == [413, 413, 413, 503, 503]  # refused ones are logged too

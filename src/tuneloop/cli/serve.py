@@ -49,6 +49,9 @@ def start(
     request_log: Annotated[
         bool | None, typer.Option("--request-log/--no-request-log", help="Log requests to the workspace database.")
     ] = None,
+    max_body_bytes: Annotated[
+        int | None, typer.Option("--max-body-bytes", help="Largest request body accepted (default 8 MiB); else 413.")
+    ] = None,
 ) -> None:
     """Serve MODEL(s) at http://HOST:PORT/v1 until Ctrl-C; exit 1 (with the engine's last log lines) if the engine
     dies."""
@@ -66,6 +69,7 @@ def start(
         "poll_interval_s": poll,
         "auth": auth,
         "request_log": request_log,
+        "max_body_bytes": max_body_bytes,
     }
     try:
         cfg = load_serve_config(config, overrides, engine_arg or [])

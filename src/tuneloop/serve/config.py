@@ -40,6 +40,11 @@ class ServeConfig(BaseModel):
         600, ge=0, description="Requests per minute per key unless the key has its own; 0 = none."
     )
     request_log: bool = Field(True, description="Append every request and response to the workspace database.")
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024,
+        gt=0,
+        description="Largest request body the gateway reads (8 MiB); a larger one gets 413 before it is read whole.",
+    )
     startup_timeout_s: float = Field(900.0, gt=0, description="How long an engine may take to become healthy.")
     drain_timeout_s: float = Field(120.0, gt=0, description="How long a replaced engine may finish its requests.")
     engine_args: dict[str, EngineValue] = Field(
@@ -88,6 +93,9 @@ def load_serve_config(path: Path | None, overrides: dict[str, Any], engine_args:
         if flag in RESERVED:
             file, line = _locate(("engine_args", key), where, (shown, None))
             problems.append(Problem(file, line, f"engine_args.{key}", RESERVED[flag]))
+    if "VLLM_API_KEY" in config.engine_env:
+        file, line = _locate(("engine_env", "VLLM_API_KEY"), where, (shown, None))
+        problems.append(Problem(file, line, "engine_env.VLLM_API_KEY", RESERVED["api-key"]))
     if problems:
         raise RecipeError(problems)
     return config
@@ -99,7 +107,8 @@ RESERVED = {
     "host": "the engine listens on 127.0.0.1 behind the gateway; set `host:` for the endpoint",
     "port": "the engine's port is chosen free; set `port:` for the endpoint",
     "served-model-name": "models are served under their registered names (or --name)",
-    "api-key": "the gateway checks keys (`tuneloop serve keys create`); the engine is not exposed",
+    "api-key": "the gateway checks clients' keys (`tuneloop serve keys create`) and gives the engine a key of its "
+    "own at each start",
     "enable-lora": "use `mode: multi-lora`",
     "lora-modules": "name the adapters as MODEL arguments with `mode: multi-lora`",
 }

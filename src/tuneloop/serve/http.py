@@ -1,5 +1,6 @@
-"""What the gateway's answers share with vLLM's: OpenAI's error shape, the served model name in bodies, the checks
-vLLM makes itself that the transformers engine does not, and which client request ids the log can keep."""
+"""What the gateway's answers share with vLLM's: OpenAI's error shape, bodies read up to a limit, the served model
+name in bodies, the checks vLLM makes itself that the transformers engine does not, and which client request ids the
+log can keep."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 if TYPE_CHECKING:
@@ -25,6 +27,27 @@ def error(
     """OpenAI's error shape (what the `openai` client parses into its exceptions)."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code if code is not None else status}}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def read_body(request: Request, limit: int) -> bytes | JSONResponse:
+    """The request body, or the 413 that refuses it: by its Content-Length before reading anything, and while it
+    streams in (a chunked upload declares no length), so the gateway never holds more than `limit` bytes of it."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return _too_large(f"is {int(declared)} bytes", limit)
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return _too_large(f"is over {limit} bytes", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: str, limit: int) -> JSONResponse:
+    message = f"The request body {size}; this endpoint accepts at most {limit} bytes (serve config max_body_bytes)."
+    return error(413, message, "invalid_request_error", "request_too_large", "body")
 
 
 def client_request_id(value: str | None) -> str | None:

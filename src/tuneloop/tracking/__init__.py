@@ -174,7 +174,7 @@ class RunTracker:
         if self.enabled and self.run_id:
             self._safe(lambda: store.retry(lambda: self.client.set_terminated(self.run_id, status)))
         if self.wandb is not None:
-            self.wandb.finish(0 if status == "FINISHED" else 1)
+            self.wandb.finish(0 if status == "FINISHED" else 1, self.say)
             if self.wandb.offline:
                 self.say(f"W&B: offline run in {self.wandb.dir}; upload it with `wandb sync {self.wandb.dir}`")
 

@@ -115,6 +115,18 @@ class WandbRun:
             if k not in curves:
                 self.run.summary[k] = v
 
-    def finish(self, exit_code: int) -> None:
-        if self.run is not None:
-            self.run.finish(exit_code=exit_code)
+    def finish(self, exit_code: int, say: Callable[[str], None] = print) -> None:
+        """End the run with everything on disk. `run.finish()` only asks W&B's service to close the run's
+        transaction log, and the service writes the log's last 32 KiB block when it does, after finish() has
+        returned: on a busy machine the .wandb file still held only its header when `tuneloop run` returned.
+        `wandb.teardown()` waits until the service has closed every run and exited."""
+        if self.run is None:
+            return
+        import wandb
+
+        self.run.finish(exit_code=exit_code)
+        try:
+            wandb.teardown()
+        except SystemExit as e:  # the service exited with an error: what it had not written is lost
+            where = f"the offline run in {self.dir}" if self.offline else "the run"
+            say(f"[yellow]warning:[/] W&B's service exited with code {e.code}; {where} may be incomplete")
