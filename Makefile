@@ -30,8 +30,9 @@ endif
 # Test files run on this many pytest-xdist workers (a file's tests stay on one worker: module fixtures start servers).
 # Two took CI from 32 to 25–27 minutes on 2 cores (tests often wait on subprocesses and servers). With the
 # DeepSpeed/QLoRA tests, two left the cores idle a fifth of the time: 621 tests took 29:26 on two workers and 27:10 on
-# three (fresh clone, 2026-12-07; 32:57 in all; 650 tests: 27:45, 32:42 in all). Files go longest first
-# (tests/durations.json, tests/conftest.py).
+# three (fresh clone, 2026-12-07; 32:57 in all; 650 tests: 27:45, 32:42 in all). At 946 tests (2026-12-08): 25:31,
+# 30:15 in all, with the cores 99.7% busy through the tests (vmstat every 10 s), so more workers would not help.
+# Files go longest first (tests/durations.json, tests/conftest.py).
 TEST_WORKERS ?= 3
 STAMP := $(VENV)/.tuneloop-installed
 # converted base models live in the user-level cache every workspace shares (tuneloop.workspace.cache_dir)

@@ -274,7 +274,8 @@ def check_hub_dataset(repo_id: str, revision: str | None = None) -> None:
         return  # exists; loading asks for a token with the hub's own message
     except RepositoryNotFoundError:
         raise UsageError(
-            f"no dataset {repo_id!r} on the Hugging Face hub; a source is a built-in name "
+            f"no dataset {repo_id!r} on the Hugging Face hub (or it is private and no token is set: `hf auth "
+            f"login`); a source is a built-in name "
             f"({', '.join(builtin.names())}), a local file or directory, or a hub id (org/name)"
         ) from None
     except Exception as e:  # no network: say so now, not after datasets' retries
