@@ -58,6 +58,8 @@ class Rule:
 OPTIMIZER = "the optimizer rejects it"
 INTERVAL_WHY = "transformers rejects a zero, negative or fractional interval above 1"
 BATCH = "a batch holds at least one example"
+MARGIN = "beta scales the preference margin: 0 gives no gradient, below 0 prefers the rejected"
+KL = "beta weighs the KL penalty; below 0 rewards drifting from the reference"
 
 # field -> rule, or method -> rule where the field means different things per method (`beta`). A field listed
 # here that no method of trainer_fields.CONFIG_CLASSES has fails a unit test.
@@ -88,12 +90,12 @@ RULES: dict[str, Rule | dict[str, Rule]] = {
     "num_generations_eval": Rule(at_least(1), "each evaluation prompt needs a sample"),
     "num_iterations": Rule(at_least(1), "each generation batch is trained on at least once"),
     "beta": {
-        "dpo": Rule(above(0), "beta scales the preference margin: 0 gives no gradient, below 0 prefers the rejected"),
-        "kto": Rule(above(0), "beta scales the preference margin: 0 gives no gradient, below 0 prefers the rejected"),
-        "cpo": Rule(above(0), "beta scales the preference margin: 0 gives no gradient, below 0 prefers the rejected"),
+        "dpo": Rule(above(0), MARGIN),
+        "kto": Rule(above(0), MARGIN),
+        "cpo": Rule(above(0), MARGIN),
         "orpo": Rule(at_least(0), "beta weighs the odds-ratio term; below 0 rewards the rejected answer"),
-        "grpo": Rule(at_least(0), "beta weighs the KL penalty; below 0 rewards drifting from the reference"),
-        "rloo": Rule(at_least(0), "beta weighs the KL penalty; below 0 rewards drifting from the reference"),
+        "grpo": Rule(at_least(0), KL),
+        "rloo": Rule(at_least(0), KL),
         "distill": Rule(within(0, 1), "it mixes forward and reverse KL; TRL rejects other values"),
     },
     "temperature": Rule(above(0), "sampling divides the logits by it; 0 would make a prompt's samples identical"),
